@@ -1,0 +1,259 @@
+//! The verb dispatcher every weft binary's `main()` calls. It owns env parsing, version
+//! negotiation, result encoding and error printing, so plugins only implement verbs.
+
+use crate::env::{Command, Env};
+use crate::error::{Error, Result};
+use crate::netconf::NetConf;
+use crate::result::CniResult;
+use crate::version::{supported_versions, Version};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Everything one verb needs: the validated environment, the decoded config, and the raw
+/// stdin (delegates get exactly the bytes we got).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub env: Env,
+    pub conf: NetConf,
+    pub stdin: Vec<u8>,
+}
+
+/// One function per verb. A plugin never prints to stdout; it returns a value or an [`Error`].
+pub trait Plugin {
+    fn add(&self, req: &Request) -> Result<CniResult>;
+    fn del(&self, req: &Request) -> Result<()>;
+    fn check(&self, req: &Request) -> Result<()>;
+    fn status(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+    fn gc(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs one verb against the process environment and stdio, then exits with the CNI exit code.
+pub fn run<P: Plugin>(plugin: &P, about: &str) -> ! {
+    let code = run_with(
+        plugin,
+        about,
+        |k| std::env::var(k).ok(),
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    std::process::exit(code)
+}
+
+/// [`run`] with the environment and stdio passed in, so the whole contract is unit-testable.
+/// Returns the exit code: 0 on success, 1 after printing an error.
+pub fn run_with<P: Plugin>(
+    plugin: &P,
+    about: &str,
+    vars: impl Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let mut input = Vec::new();
+    let outcome = match stdin.read_to_end(&mut input) {
+        Ok(_) => dispatch(plugin, &vars, &input),
+        Err(e) => Err(Error::io(format!("error reading stdin: {e}"))),
+    };
+    let printed = match outcome {
+        Ok(None) => return 0,
+        Ok(Some(out)) => writeln!(stdout, "{out}").map(|_| 0),
+        Err(err) => {
+            if vars("CNI_COMMAND").is_none_or(|c| c.is_empty()) && !about.is_empty() {
+                let _ = writeln!(stderr, "{about}");
+                let _ = writeln!(stderr, "CNI protocol versions supported: {}", supported_versions().join(", "));
+            }
+            let _ = writeln!(stderr, "{err}");
+            writeln!(stdout, "{}", err.to_json(error_version(&input))).map(|_| 1)
+        }
+    };
+    // If stdout itself is gone there is nobody left to tell; the exit code still says it.
+    printed.unwrap_or(1)
+}
+
+fn dispatch<P: Plugin>(
+    plugin: &P,
+    vars: &impl Fn(&str) -> Option<String>,
+    input: &[u8],
+) -> Result<Option<Value>> {
+    let env = Env::from_vars(vars)?;
+    if env.command == Command::Version {
+        return Ok(Some(version_reply(input)));
+    }
+    let conf = NetConf::parse(input)?;
+    let version = conf.cni_version;
+    match env.command {
+        Command::Check if !version.supports_check() => {
+            return Err(Error::incompatible_version(format!(
+                "config version {version} does not allow CHECK (0.4.0 and later)"
+            )))
+        }
+        Command::Status | Command::Gc if !version.supports_gc_status() => {
+            return Err(Error::incompatible_version(format!(
+                "config version {version} does not allow {} (1.1.0 and later)",
+                env.command.as_str()
+            )))
+        }
+        _ => {}
+    }
+    let req = Request {
+        env,
+        conf,
+        stdin: input.to_vec(),
+    };
+    let verb = || -> Result<Option<Value>> {
+        match req.env.command {
+            Command::Add => {
+                let result = plugin.add(&req)?;
+                result.validate()?;
+                Ok(Some(result.encode(version)))
+            }
+            Command::Del => plugin.del(&req).map(|_| None),
+            Command::Check => plugin.check(&req).map(|_| None),
+            Command::Status => plugin.status(&req).map(|_| None),
+            Command::Gc => plugin.gc(&req).map(|_| None),
+            Command::Version => unreachable!("answered above"),
+        }
+    };
+    catch_unwind(AssertUnwindSafe(verb)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::internal(format!("plugin panicked: {what}")))
+    })
+}
+
+/// VERSION answers whatever the runtime sent (often `{"cniVersion":"1.1.0"}`, sometimes nothing)
+/// with its own version echoed when it is a version string, else the newest we speak.
+fn version_reply(input: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(input)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned))
+        .filter(|s| is_version_string(s))
+        .unwrap_or_else(|| Version::NEWEST.as_str().to_owned());
+    json!({"cniVersion": asked, "supportedVersions": supported_versions()})
+}
+
+fn is_version_string(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Errors speak the config's version when we speak it too, else the newest.
+fn error_version(input: &[u8]) -> &'static str {
+    serde_json::from_slice::<Value>(input)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).and_then(|s| Version::parse(s).ok()))
+        .unwrap_or(Version::NEWEST)
+        .as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::code;
+    use std::collections::HashMap;
+
+    /// Pass-through plugin that records nothing; enough to exercise the dispatcher.
+    struct Echo;
+    impl Plugin for Echo {
+        fn add(&self, req: &Request) -> Result<CniResult> {
+            if req.conf.raw.contains_key("panic") {
+                panic!("boom");
+            }
+            req.conf
+                .prev_result()?
+                .ok_or_else(|| Error::invalid_config("needs prevResult"))
+        }
+        fn del(&self, _: &Request) -> Result<()> {
+            Ok(())
+        }
+        fn check(&self, _: &Request) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn call(cmd: &str, stdin: &str) -> (i32, String) {
+        let vars: HashMap<&str, &str> = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+        .into();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(
+            &Echo,
+            "echo",
+            |k| vars.get(k).map(|v| v.to_string()),
+            &mut stdin.as_bytes(),
+            &mut out,
+            &mut err,
+        );
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    fn err_code(out: &str) -> u64 {
+        serde_json::from_str::<Value>(out).unwrap()["code"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn version_with_and_without_stdin() {
+        let (rc, out) = call("VERSION", "");
+        assert_eq!(rc, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        let (_, out) = call("VERSION", r#"{"cniVersion":"0.4.0"}"#);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["cniVersion"], "0.4.0");
+    }
+
+    #[test]
+    fn add_encodes_in_config_version() {
+        let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.0.0.2/24"}]}"#;
+        for v in Version::ALL {
+            let conf = format!(r#"{{"cniVersion":"{v}","name":"n","type":"echo","prevResult":{prev}}}"#);
+            let (rc, out) = call("ADD", &conf);
+            assert_eq!(rc, 0, "{out}");
+            let r: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(r["cniVersion"], v.as_str());
+            assert_eq!(r["ips"][0].get("version").is_some(), v.has_ip_version_field());
+        }
+    }
+
+    #[test]
+    fn verb_version_gates() {
+        let (rc, out) = call("CHECK", r#"{"cniVersion":"0.3.1","name":"n","type":"echo"}"#);
+        assert_eq!((rc, err_code(&out)), (1, 1));
+        for verb in ["GC", "STATUS"] {
+            let (rc, out) = call(verb, r#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#);
+            assert_eq!((rc, err_code(&out)), (1, 1));
+            let (rc, out) = call(verb, r#"{"cniVersion":"1.1.0","name":"n","type":"echo"}"#);
+            assert_eq!((rc, out.as_str()), (0, ""));
+        }
+    }
+
+    #[test]
+    fn panic_becomes_error_999() {
+        let prev = r#"{"cniVersion":"1.0.0"}"#;
+        let (rc, out) = call("ADD", &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"echo","panic":1,"prevResult":{prev}}}"#));
+        assert_eq!((rc, err_code(&out)), (1, code::INTERNAL as u64));
+        assert!(out.contains("boom"));
+    }
+
+    #[test]
+    fn errors_speak_config_version() {
+        let (_, out) = call("ADD", r#"{"cniVersion":"0.4.0","name":"n","type":"echo"}"#);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["code"], 7);
+    }
+}
