@@ -13,7 +13,9 @@ use std::process::{Command as Process, Stdio};
 /// Finds `plugin_type` in the `CNI_PATH` directories, first match wins.
 pub fn find_in_path(plugin_type: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if plugin_type.is_empty() || plugin_type.contains('/') || plugin_type.starts_with('.') {
-        return Err(Error::invalid_config(format!("invalid plugin type {plugin_type:?}")));
+        return Err(Error::invalid_config(format!(
+            "invalid plugin type {plugin_type:?}"
+        )));
     }
     path.iter()
         .map(|dir| dir.join(plugin_type))
@@ -38,14 +40,22 @@ fn is_executable(p: &Path) -> bool {
 pub fn exec(plugin_type: &str, command: Command, req: &Request) -> Result<Vec<u8>> {
     let binary = find_in_path(plugin_type, &req.env.path)?;
     let env = &req.env;
-    let args: Vec<String> = env.args.pairs().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let args: Vec<String> = env
+        .args
+        .pairs()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let mut child = Process::new(&binary)
         .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &env.container_id)
         .env("CNI_NETNS", env.netns.as_deref().unwrap_or(Path::new("")))
         .env("CNI_IFNAME", &env.ifname)
         .env("CNI_ARGS", args.join(";"))
-        .env("CNI_PATH", std::env::join_paths(&env.path).unwrap_or_default())
+        .env(
+            "CNI_PATH",
+            std::env::join_paths(&env.path).unwrap_or_default(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -78,7 +88,12 @@ fn delegate_error(plugin_type: &str, command: Command, stdout: &[u8]) -> Error {
                 command.as_str()
             ),
         )
-        .with_details(String::from_utf8_lossy(stdout).chars().take(512).collect::<String>()),
+        .with_details(
+            String::from_utf8_lossy(stdout)
+                .chars()
+                .take(512)
+                .collect::<String>(),
+        ),
     }
 }
 
@@ -142,7 +157,10 @@ impl Drop for DelegatedAdd<'_> {
         if !self.committed {
             // Best effort: the ADD error that got us here is the one the runtime must see.
             if let Err(e) = del(&self.plugin_type, self.req) {
-                eprintln!("rolling back delegate {} after failed ADD: {e}", self.plugin_type);
+                eprintln!(
+                    "rolling back delegate {} after failed ADD: {e}",
+                    self.plugin_type
+                );
             }
         }
     }

@@ -66,7 +66,11 @@ pub fn run_with<P: Plugin>(
         Err(err) => {
             if vars("CNI_COMMAND").is_none_or(|c| c.is_empty()) && !about.is_empty() {
                 let _ = writeln!(stderr, "{about}");
-                let _ = writeln!(stderr, "CNI protocol versions supported: {}", supported_versions().join(", "));
+                let _ = writeln!(
+                    stderr,
+                    "CNI protocol versions supported: {}",
+                    supported_versions().join(", ")
+                );
             }
             let _ = writeln!(stderr, "{err}");
             writeln!(stdout, "{}", err.to_json(error_version(&input))).map(|_| 1)
@@ -135,7 +139,11 @@ fn dispatch<P: Plugin>(
 fn version_reply(input: &[u8]) -> Value {
     let asked = serde_json::from_slice::<Value>(input)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .filter(|s| is_version_string(s))
         .unwrap_or_else(|| Version::NEWEST.as_str().to_owned());
     json!({"cniVersion": asked, "supportedVersions": supported_versions()})
@@ -143,14 +151,21 @@ fn version_reply(input: &[u8]) -> Value {
 
 fn is_version_string(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Errors speak the config's version when we speak it too, else the newest.
 fn error_version(input: &[u8]) -> &'static str {
     serde_json::from_slice::<Value>(input)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).and_then(|s| Version::parse(s).ok()))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| Version::parse(s).ok())
+        })
         .unwrap_or(Version::NEWEST)
         .as_str()
 }
@@ -202,7 +217,9 @@ mod tests {
     }
 
     fn err_code(out: &str) -> u64 {
-        serde_json::from_str::<Value>(out).unwrap()["code"].as_u64().unwrap()
+        serde_json::from_str::<Value>(out).unwrap()["code"]
+            .as_u64()
+            .unwrap()
     }
 
     #[test]
@@ -211,27 +228,40 @@ mod tests {
         assert_eq!(rc, 0);
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
-        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         let (_, out) = call("VERSION", r#"{"cniVersion":"0.4.0"}"#);
-        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["cniVersion"], "0.4.0");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap()["cniVersion"],
+            "0.4.0"
+        );
     }
 
     #[test]
     fn add_encodes_in_config_version() {
         let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.0.0.2/24"}]}"#;
         for v in Version::ALL {
-            let conf = format!(r#"{{"cniVersion":"{v}","name":"n","type":"echo","prevResult":{prev}}}"#);
+            let conf =
+                format!(r#"{{"cniVersion":"{v}","name":"n","type":"echo","prevResult":{prev}}}"#);
             let (rc, out) = call("ADD", &conf);
             assert_eq!(rc, 0, "{out}");
             let r: Value = serde_json::from_str(&out).unwrap();
             assert_eq!(r["cniVersion"], v.as_str());
-            assert_eq!(r["ips"][0].get("version").is_some(), v.has_ip_version_field());
+            assert_eq!(
+                r["ips"][0].get("version").is_some(),
+                v.has_ip_version_field()
+            );
         }
     }
 
     #[test]
     fn verb_version_gates() {
-        let (rc, out) = call("CHECK", r#"{"cniVersion":"0.3.1","name":"n","type":"echo"}"#);
+        let (rc, out) = call(
+            "CHECK",
+            r#"{"cniVersion":"0.3.1","name":"n","type":"echo"}"#,
+        );
         assert_eq!((rc, err_code(&out)), (1, 1));
         for verb in ["GC", "STATUS"] {
             let (rc, out) = call(verb, r#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#);
@@ -241,10 +271,46 @@ mod tests {
         }
     }
 
+    /// The whole version x verb matrix: what succeeds, what is refused with code 1.
+    #[test]
+    fn every_version_by_every_verb() {
+        let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"interface":0,"address":"10.0.0.2/24"}]}"#;
+        for v in Version::ALL {
+            let conf =
+                format!(r#"{{"cniVersion":"{v}","name":"n","type":"echo","prevResult":{prev}}}"#);
+            for verb in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"] {
+                let (rc, out) = call(verb, &conf);
+                let allowed = match verb {
+                    "CHECK" => v.supports_check(),
+                    "STATUS" | "GC" => v.supports_gc_status(),
+                    _ => true,
+                };
+                if allowed {
+                    assert_eq!(rc, 0, "{verb} at {v}: {out}");
+                    let prints = matches!(verb, "ADD" | "VERSION");
+                    assert_eq!(!out.is_empty(), prints, "{verb} at {v} output: {out}");
+                    if verb != "VERSION" && prints {
+                        assert_eq!(
+                            serde_json::from_str::<Value>(&out).unwrap()["cniVersion"],
+                            v.as_str()
+                        );
+                    }
+                } else {
+                    assert_eq!((rc, err_code(&out)), (1, 1), "{verb} at {v}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn panic_becomes_error_999() {
         let prev = r#"{"cniVersion":"1.0.0"}"#;
-        let (rc, out) = call("ADD", &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"echo","panic":1,"prevResult":{prev}}}"#));
+        let (rc, out) = call(
+            "ADD",
+            &format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"echo","panic":1,"prevResult":{prev}}}"#
+            ),
+        );
         assert_eq!((rc, err_code(&out)), (1, code::INTERNAL as u64));
         assert!(out.contains("boom"));
     }

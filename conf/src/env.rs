@@ -23,7 +23,11 @@ impl Command {
             "VERSION" => Command::Version,
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
-            other => return Err(Error::invalid_env(format!("unknown CNI_COMMAND: {other:?}"))),
+            other => {
+                return Err(Error::invalid_env(format!(
+                    "unknown CNI_COMMAND: {other:?}"
+                )))
+            }
         })
     }
 
@@ -121,7 +125,11 @@ impl Env {
             validate_ifname(&ifname)?;
         }
         let path = var("CNI_PATH")
-            .map(|p| std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()).collect())
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Env {
             command,
@@ -147,7 +155,9 @@ pub fn validate_container_id(id: &str) -> Result<()> {
         return Err(Error::invalid_env("missing containerID"));
     }
     if !is_valid_id(id) {
-        return Err(Error::invalid_env(format!("invalid characters in containerID {id:?}")));
+        return Err(Error::invalid_env(format!(
+            "invalid characters in containerID {id:?}"
+        )));
     }
     Ok(())
 }
@@ -161,7 +171,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         "is longer than 15 bytes"
     } else if name == "." || name == ".." {
         "is . or .."
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         "contains '/', ':' or whitespace"
     } else {
         return Ok(());
@@ -175,8 +188,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<Env> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::from_vars(|k| map.get(k).cloned())
     }
 
@@ -198,8 +213,14 @@ mod tests {
     #[test]
     fn each_required_var_per_verb() {
         for (cmd, required) in [
-            ("ADD", &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"][..]),
-            ("CHECK", &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"][..]),
+            (
+                "ADD",
+                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"][..],
+            ),
+            (
+                "CHECK",
+                &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"][..],
+            ),
             ("DEL", &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"][..]),
             ("GC", &["CNI_PATH"][..]),
         ] {
@@ -209,7 +230,13 @@ mod tests {
                         .iter()
                         .map(|&(k, v)| if k == "CNI_COMMAND" { (k, cmd) } else { (k, v) })
                         .filter(|(k, _)| blank || k != missing)
-                        .map(|(k, v)| if blank && k == *missing { (k, "") } else { (k, v) })
+                        .map(|(k, v)| {
+                            if blank && k == *missing {
+                                (k, "")
+                            } else {
+                                (k, v)
+                            }
+                        })
                         .collect();
                     assert_eq!(env(&vars).unwrap_err().code, 4, "{cmd} without {missing}");
                 }
@@ -217,7 +244,13 @@ mod tests {
         }
         let del_without_netns: Vec<_> = FULL
             .iter()
-            .map(|&(k, v)| if k == "CNI_COMMAND" { (k, "DEL") } else { (k, v) })
+            .map(|&(k, v)| {
+                if k == "CNI_COMMAND" {
+                    (k, "DEL")
+                } else {
+                    (k, v)
+                }
+            })
             .filter(|(k, _)| *k != "CNI_NETNS")
             .collect();
         assert!(env(&del_without_netns).unwrap().netns.is_none());

@@ -129,7 +129,9 @@ mod tests {
 
     #[test]
     fn details_only_when_present() {
-        let v = Error::invalid_config("bad").with_details("why").to_json("0.4.0");
+        let v = Error::invalid_config("bad")
+            .with_details("why")
+            .to_json("0.4.0");
         assert_eq!(v["details"], "why");
         assert_eq!(v["code"], 7);
         assert_eq!(v["cniVersion"], "0.4.0");

@@ -56,7 +56,9 @@ impl NetConf {
         validate_network_name(&name)?;
         let plugin_type = required_string(&raw, "type")?;
         if plugin_type.contains('/') || plugin_type == ".." || plugin_type == "." {
-            return Err(Error::invalid_config(format!("invalid plugin type {plugin_type:?}")));
+            return Err(Error::invalid_config(format!(
+                "invalid plugin type {plugin_type:?}"
+            )));
         }
         Ok(NetConf {
             cni_version,
@@ -168,7 +170,9 @@ impl NetConfList {
             (Some(newest), _) => *newest,
             (None, Some(Value::String(s))) => Version::parse(s)?,
             (None, _) => {
-                return Err(Error::incompatible_version("conflist has no usable cniVersion"))
+                return Err(Error::incompatible_version(
+                    "conflist has no usable cniVersion",
+                ))
             }
         };
         let name = required_string(&raw, "name")?;
@@ -180,7 +184,9 @@ impl NetConfList {
                     Value::Object(o) if o.get("type").and_then(Value::as_str).is_some() => {
                         Ok(o.clone())
                     }
-                    _ => Err(Error::invalid_config("every plugin needs an object with a type")),
+                    _ => Err(Error::invalid_config(
+                        "every plugin needs an object with a type",
+                    )),
                 })
                 .collect::<Result<_>>()?,
             _ => return Err(Error::invalid_config("conflist has no plugins")),
@@ -210,7 +216,9 @@ fn validate_network_name(name: &str) -> Result<()> {
     if crate::env::is_valid_id(name) {
         Ok(())
     } else {
-        Err(Error::invalid_config(format!("invalid network name {name:?}")))
+        Err(Error::invalid_config(format!(
+            "invalid network name {name:?}"
+        )))
     }
 }
 
@@ -277,12 +285,34 @@ mod tests {
         assert_eq!(NetConf::parse(b"").unwrap_err().code, 6);
         assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, 6);
         assert_eq!(parse(json!({"name":"n","type":"t"})).unwrap_err().code, 1);
-        assert_eq!(parse(json!({"cniVersion":"0.2.0","name":"n","type":"t"})).unwrap_err().code, 1);
-        assert_eq!(parse(json!({"cniVersion":"1.0.0","type":"t"})).unwrap_err().code, 7);
-        assert_eq!(parse(json!({"cniVersion":"1.0.0","name":"n"})).unwrap_err().code, 7);
-        assert_eq!(parse(json!({"cniVersion":"1.0.0","name":"../n","type":"t"})).unwrap_err().code, 7);
         assert_eq!(
-            parse(json!({"cniVersion":"1.0.0","name":"n","type":"t","disableCheck":"maybe"})).unwrap_err().code,
+            parse(json!({"cniVersion":"0.2.0","name":"n","type":"t"}))
+                .unwrap_err()
+                .code,
+            1
+        );
+        assert_eq!(
+            parse(json!({"cniVersion":"1.0.0","type":"t"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion":"1.0.0","name":"n"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion":"1.0.0","name":"../n","type":"t"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion":"1.0.0","name":"n","type":"t","disableCheck":"maybe"}))
+                .unwrap_err()
+                .code,
             7
         );
     }
@@ -290,7 +320,8 @@ mod tests {
     #[test]
     fn disable_check_bool_or_string() {
         for v in [json!(true), json!("true")] {
-            let c = parse(json!({"cniVersion":"1.0.0","name":"n","type":"t","disableCheck":v})).unwrap();
+            let c = parse(json!({"cniVersion":"1.0.0","name":"n","type":"t","disableCheck":v}))
+                .unwrap();
             assert!(c.disable_check);
         }
     }
@@ -299,7 +330,8 @@ mod tests {
     fn gc_attachments_both_keys() {
         let a = json!([{"containerID":"c1","ifname":"eth0"}]);
         for key in [VALID_ATTACHMENTS, LEGACY_ATTACHMENTS] {
-            let c = parse(json!({"cniVersion":"1.1.0","name":"n","type":"t", key: a.clone()})).unwrap();
+            let c =
+                parse(json!({"cniVersion":"1.1.0","name":"n","type":"t", key: a.clone()})).unwrap();
             assert_eq!(c.valid_attachments().unwrap()[0].container_id, "c1");
         }
     }

@@ -24,7 +24,9 @@ mod cidr {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpNetwork, D::Error> {
         let s = String::deserialize(d)?;
         if !s.contains('/') {
-            return Err(D::Error::custom(format!("address {s:?} lacks a prefix length")));
+            return Err(D::Error::custom(format!(
+                "address {s:?} lacks a prefix length"
+            )));
         }
         s.parse()
             .map_err(|e| D::Error::custom(format!("invalid address {s:?}: {e}")))
@@ -42,7 +44,11 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
     /// 1.1.0+
-    #[serde(default, rename = "socketPath", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "socketPath",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub socket_path: Option<String>,
     /// 1.1.0+
     #[serde(default, rename = "pciID", skip_serializing_if = "Option::is_none")]
@@ -259,7 +265,10 @@ mod tests {
             routes: vec![Route {
                 mtu: Some(1400),
                 table: Some(100),
-                ..Route::new("0.0.0.0/0".parse().unwrap(), Some("10.1.0.1".parse().unwrap()))
+                ..Route::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.1.0.1".parse().unwrap()),
+                )
             }],
             dns: Dns::default(),
             extra: Map::new(),
@@ -293,7 +302,8 @@ mod tests {
 
     #[test]
     fn decodes_either_shape() {
-        let old = json!({"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.0.0.2/24"}],"dns":{}});
+        let old =
+            json!({"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.0.0.2/24"}],"dns":{}});
         let new = json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}],"dns":{}});
         assert_eq!(
             CniResult::decode(&old, Version::V1_0_0).unwrap(),
@@ -313,12 +323,27 @@ mod tests {
     #[test]
     fn refuses_old_results_and_bad_indexes() {
         let v020 = json!({"cniVersion":"0.2.0","ip4":{"ip":"10.0.0.2/24"}});
-        assert_eq!(CniResult::decode(&v020, Version::V1_0_0).unwrap_err().code, 1);
-        let bad_index = json!({"interfaces":[{"name":"eth0"}],"ips":[{"interface":1,"address":"10.0.0.2/24"}]});
-        assert_eq!(CniResult::decode(&bad_index, Version::V1_0_0).unwrap_err().code, 7);
+        assert_eq!(
+            CniResult::decode(&v020, Version::V1_0_0).unwrap_err().code,
+            1
+        );
+        let bad_index =
+            json!({"interfaces":[{"name":"eth0"}],"ips":[{"interface":1,"address":"10.0.0.2/24"}]});
+        assert_eq!(
+            CniResult::decode(&bad_index, Version::V1_0_0)
+                .unwrap_err()
+                .code,
+            7
+        );
         let bogus = json!({"ips":[{"address":"bogus"}]});
-        assert_eq!(CniResult::decode(&bogus, Version::V1_0_0).unwrap_err().code, 6);
+        assert_eq!(
+            CniResult::decode(&bogus, Version::V1_0_0).unwrap_err().code,
+            6
+        );
         let bare = json!({"ips":[{"address":"10.0.0.2"}]});
-        assert_eq!(CniResult::decode(&bare, Version::V1_0_0).unwrap_err().code, 6);
+        assert_eq!(
+            CniResult::decode(&bare, Version::V1_0_0).unwrap_err().code,
+            6
+        );
     }
 }

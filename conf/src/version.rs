@@ -31,8 +31,12 @@ impl Version {
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| {
-                Error::incompatible_version(format!("incompatible CNI version {s:?}"))
-                    .with_details(format!("supported versions: {}", Version::ALL.map(Version::as_str).join(", ")))
+                Error::incompatible_version(format!("incompatible CNI version {s:?}")).with_details(
+                    format!(
+                        "supported versions: {}",
+                        Version::ALL.map(Version::as_str).join(", ")
+                    ),
+                )
             })
     }
 
@@ -117,9 +121,16 @@ mod tests {
     #[test]
     fn rejects_unsupported_with_code_1() {
         for s in ["0.1.0", "0.2.0", "2.0.0", "abc", "", "1.0"] {
-            assert_eq!(Version::parse(s).unwrap_err().code, code::INCOMPATIBLE_VERSION, "{s}");
+            assert_eq!(
+                Version::parse(s).unwrap_err().code,
+                code::INCOMPATIBLE_VERSION,
+                "{s}"
+            );
         }
-        assert_eq!(Version::from_config_field(None).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert_eq!(
+            Version::from_config_field(None).unwrap_err().code,
+            code::INCOMPATIBLE_VERSION
+        );
     }
 
     #[test]

@@ -23,10 +23,11 @@ impl Plugin for KmeshCni {
         Self::prev_result(req)
     }
 
-    /// Nothing is attached yet, so there is nothing to undo; a prevResult, if given, must
-    /// still be readable so a broken chain is reported rather than ignored.
-    fn del(&self, req: &Request) -> Result<()> {
-        req.conf.prev_result().map(drop)
+    /// Nothing is attached yet, so there is nothing to undo. DEL never fails on a missing or
+    /// unreadable prevResult: a failing DEL stops the runtime from running the plugins after
+    /// us, which is how addresses leak (cilium #8313).
+    fn del(&self, _req: &Request) -> Result<()> {
+        Ok(())
     }
 
     fn check(&self, req: &Request) -> Result<()> {
