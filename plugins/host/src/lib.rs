@@ -1,1 +1,20 @@
-//! placeholder
+//! `host`: what weft's plugins share for touching the host.
+//!
+//! - [`netns`]: run code inside a network namespace on a dedicated thread; netns cookies.
+//! - [`link`]: links and addresses over rtnetlink (the only netlink code in weft's libraries),
+//!   including the host-side peer of a pod's veth.
+//! - [`record`]: attachment records under `/var/lib/cni/<plugin>/` with validated keys, atomic
+//!   writes and a store lock.
+//! - [`error`]: [`HostError`] and its single mapping to CNI error codes.
+
+pub mod error;
+pub mod link;
+pub mod netns;
+pub mod record;
+
+pub use error::HostError;
+pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
+pub use netns::{netns_cookie, netns_exists, run_in_netns};
+pub use record::{RecordKey, RecordStore, StoreLock};
+/// The rtnetlink version [`link::netlink`] hands out handles of.
+pub use rtnetlink;

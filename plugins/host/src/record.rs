@@ -1,0 +1,593 @@
+//! Attachment records under `/var/lib/cni/<plugin>/`: one JSON file per (container ID, ifname).
+//!
+//! File name: `<containerID>:<ifname>`. The separator must be a character neither part can
+//! contain, otherwise `a-b` + `c` and `a` + `b-c` collide (sriov-cni's `<id>-<ifname>` has that
+//! flaw). Container IDs are `[A-Za-z0-9][A-Za-z0-9_.-]*` and the kernel forbids `:` in ifnames
+//! (it marks alias labels), so `:` is unambiguous and a file name splits back into its key.
+//! Temp files start with `.` (no container ID does) and the lock file is `lock` (no `:`), so
+//! [`RecordStore::keys`] can tell records from everything else.
+//!
+//! Writes are atomic (temp file with O_EXCL and 0600, fsync, rename, fsync of the directory): a
+//! reader sees the old record or the new one, never a torn one, also after a crash.
+
+use std::{
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::HostError;
+
+/// Default parent of every plugin's record directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni";
+/// Environment variable overriding [`DEFAULT_STATE_DIR`] (tests, non-standard installs).
+pub const STATE_DIR_ENV: &str = "WEFT_STATE_DIR";
+
+const SEPARATOR: char = ':';
+const LOCK_FILE: &str = "lock";
+const TEMP_PREFIX: &str = ".tmp-";
+/// ifnames are at most IFNAMSIZ - 1 bytes.
+const MAX_IFNAME: usize = 15;
+/// Keeps `<id>:<ifname>` within NAME_MAX (255) so a long ID is a clear error, not ENAMETOOLONG.
+const MAX_CONTAINER_ID: usize = 255 - 1 - MAX_IFNAME;
+
+/// A validated (container ID, ifname) pair: the only way to name a record file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    container_id: String,
+    ifname: String,
+}
+
+impl RecordKey {
+    /// Validates both parts before they can reach a path, with the dispatcher's own rules
+    /// (`conf::env::validate_container_id` / `validate_ifname`).
+    pub fn new(container_id: &str, ifname: &str) -> Result<Self, HostError> {
+        validate_container_id(container_id)?;
+        validate_ifname(ifname)?;
+        Ok(RecordKey {
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+        })
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}{SEPARATOR}{}", self.container_id, self.ifname)
+    }
+
+    /// The key a record file name stands for; `None` for temp files, the lock and foreign names.
+    fn from_file_name(name: &str) -> Option<Self> {
+        let (cid, ifname) = name.split_once(SEPARATOR)?;
+        RecordKey::new(cid, ifname).ok()
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// conf's env checks (`^[A-Za-z0-9][A-Za-z0-9_.-]*$`; the kernel's ifname rules), plus a length
+/// limit so the file name fits in NAME_MAX.
+fn validate_container_id(id: &str) -> Result<(), HostError> {
+    let invalid = |reason: String| HostError::InvalidKey {
+        what: "container ID",
+        value: id.to_owned(),
+        reason,
+    };
+    conf::env::validate_container_id(id).map_err(|e| invalid(e.msg))?;
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(invalid(format!(
+            "container ID is longer than {MAX_CONTAINER_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_ifname(name: &str) -> Result<(), HostError> {
+    conf::env::validate_ifname(name).map_err(|e| HostError::InvalidKey {
+        what: "ifname",
+        value: name.to_owned(),
+        reason: e.msg,
+    })
+}
+
+/// A directory of attachment records for one plugin.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+/// An exclusive `flock` on the store's `lock` file; released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
+    _lock: Flock<File>,
+}
+
+impl RecordStore {
+    /// A store in `dir` (created 0700 on first write or lock).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RecordStore { dir: dir.into() }
+    }
+
+    /// `/var/lib/cni/<plugin>`, or `$WEFT_STATE_DIR/<plugin>` when that is set and non-empty.
+    ///
+    /// # Panics
+    /// If `plugin` is not a plain file name: plugin names are constants in our own binaries.
+    pub fn for_plugin(plugin: &str) -> Self {
+        assert!(
+            !plugin.is_empty() && plugin != "." && plugin != ".." && !plugin.contains('/'),
+            "plugin name {plugin:?} must be a plain file name"
+        );
+        Self::under(std::env::var_os(STATE_DIR_ENV), plugin)
+    }
+
+    fn under(parent: Option<std::ffi::OsString>, plugin: &str) -> Self {
+        let parent = parent
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        RecordStore::new(parent.join(plugin))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the record for `key` lives (whether or not it exists).
+    pub fn path(&self, key: &RecordKey) -> PathBuf {
+        self.dir.join(key.file_name())
+    }
+
+    /// Atomically replaces the record for `key` with `value` as JSON.
+    pub fn write<T: Serialize>(&self, key: &RecordKey, value: &T) -> Result<(), HostError> {
+        let mut bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| HostError::io(format!("encode record {key}"), io::Error::other(e)))?;
+        bytes.push(b'\n');
+        self.ensure_dir()?;
+
+        let target = self.path(key);
+        let temp = TempFile::create(&self.dir)?;
+        let ctx = |what: &str| format!("{what} {}", temp.path.display());
+        let mut file = temp.file.as_ref().expect("open until persisted");
+        file.write_all(&bytes)
+            .map_err(|e| HostError::io(ctx("write"), e))?;
+        file.sync_all()
+            .map_err(|e| HostError::io(ctx("fsync"), e))?;
+        temp.persist(&target)?;
+        self.sync_dir()
+    }
+
+    /// The record for `key`; `Ok(None)` if there is none. A record that does not decode as `T`
+    /// is [`HostError::CorruptRecord`].
+    pub fn read<T: DeserializeOwned>(&self, key: &RecordKey) -> Result<Option<T>, HostError> {
+        let path = self.path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(HostError::io(format!("read {}", path.display()), e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| HostError::CorruptRecord {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Removes the record for `key`; `Ok(false)` if there was none.
+    pub fn remove(&self, key: &RecordKey) -> Result<bool, HostError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync_dir()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(HostError::io(format!("remove {}", path.display()), e)),
+        }
+    }
+
+    /// Every record's key, sorted (for GC). Temp files, the lock and foreign files are skipped;
+    /// a store that was never written has no keys.
+    pub fn keys(&self) -> Result<Vec<RecordKey>, HostError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(HostError::io(format!("list {}", self.dir.display()), e)),
+        };
+        let mut keys = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| HostError::io(format!("list {}", self.dir.display()), e))?;
+            let name = entry.file_name();
+            match name.to_str().and_then(RecordKey::from_file_name) {
+                Some(key) => keys.push(key),
+                None => tracing::debug!(file = ?name, dir = %self.dir.display(), "not a record"),
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Takes the store's exclusive lock, blocking until it is free. Runtimes serialize calls per
+    /// container only, so read-modify-write of shared state must hold this.
+    pub fn lock(&self) -> Result<StoreLock, HostError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            HostError::io(format!("flock {}", path.display()), errno.into())
+        })?;
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Creates the parents as needed and the store directory itself as 0700.
+    fn ensure_dir(&self) -> Result<(), HostError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = self.dir.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| HostError::io(format!("create {}", parent.display()), e))?;
+        }
+        match DirBuilder::new().mode(0o700).create(&self.dir) {
+            // Make the new directory's own entry durable, like the records inside it.
+            Ok(()) => match self.dir.parent() {
+                Some(parent) => File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| HostError::io(format!("fsync {}", parent.display()), e)),
+                None => Ok(()),
+            },
+            // Another process won the race.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(HostError::io(format!("create {}", self.dir.display()), e)),
+        }
+    }
+
+    /// Makes a rename or unlink durable.
+    fn sync_dir(&self) -> Result<(), HostError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| HostError::io(format!("fsync {}", self.dir.display()), e))
+    }
+}
+
+/// A uniquely named temp file in the store; removed on drop unless persisted.
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn create(dir: &Path) -> Result<Self, HostError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let pid = std::process::id();
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{TEMP_PREFIX}{pid}-{n}"));
+            // O_EXCL: never write through a file or symlink someone else placed there.
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file: Some(file),
+                    })
+                }
+                // Left over by a crashed process that had our pid: try the next name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(HostError::io(format!("create {}", path.display()), e)),
+            }
+        }
+    }
+
+    fn persist(mut self, target: &Path) -> Result<(), HostError> {
+        drop(self.file.take());
+        fs::rename(&self.path, target).map_err(|e| {
+            HostError::io(
+                format!("rename {} to {}", self.path.display(), target.display()),
+                e,
+            )
+        })?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt, sync::Arc};
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Rec {
+        netns: String,
+        n: u64,
+    }
+
+    fn store() -> (tempfile::TempDir, RecordStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(tmp.path().join("plugin"));
+        (tmp, store)
+    }
+
+    fn key(c: &str, i: &str) -> RecordKey {
+        RecordKey::new(c, i).unwrap()
+    }
+
+    fn dir_names(store: &RecordStore) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn write_read_remove_roundtrip() {
+        let (_t, s) = store();
+        let k = key("abc123", "eth0");
+        assert_eq!(s.read::<Rec>(&k).unwrap(), None);
+        let r = Rec {
+            netns: "/var/run/netns/x".into(),
+            n: 1,
+        };
+        s.write(&k, &r).unwrap();
+        assert_eq!(s.read::<Rec>(&k).unwrap(), Some(r));
+        let r2 = Rec {
+            netns: "/y".into(),
+            n: 2,
+        };
+        s.write(&k, &r2).unwrap();
+        assert_eq!(s.read::<Rec>(&k).unwrap(), Some(r2));
+        assert!(s.remove(&k).unwrap());
+        assert!(!s.remove(&k).unwrap());
+        assert_eq!(s.read::<Rec>(&k).unwrap(), None);
+    }
+
+    #[test]
+    fn no_temp_file_left_and_modes() {
+        let (_t, s) = store();
+        let k = key("c1", "net1");
+        s.write(
+            &k,
+            &Rec {
+                netns: "a".into(),
+                n: 0,
+            },
+        )
+        .unwrap();
+        s.write(
+            &k,
+            &Rec {
+                netns: "b".into(),
+                n: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(dir_names(&s), vec!["c1:net1".to_string()]);
+        let mode = fs::metadata(s.path(&k)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = fs::metadata(s.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn failed_encode_leaves_nothing() {
+        struct Bad;
+        impl Serialize for Bad {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("nope"))
+            }
+        }
+        let (_t, s) = store();
+        let k = key("c1", "eth0");
+        s.write(
+            &k,
+            &Rec {
+                netns: "old".into(),
+                n: 7,
+            },
+        )
+        .unwrap();
+        assert!(s.write(&k, &Bad).is_err());
+        assert_eq!(dir_names(&s), vec!["c1:eth0".to_string()]);
+        assert_eq!(s.read::<Rec>(&k).unwrap().unwrap().n, 7);
+    }
+
+    #[test]
+    fn corrupt_record_is_state_error() {
+        let (_t, s) = store();
+        let k = key("c1", "eth0");
+        s.write(
+            &k,
+            &Rec {
+                netns: "a".into(),
+                n: 0,
+            },
+        )
+        .unwrap();
+        fs::write(s.path(&k), b"{\"netns\": \"a\", \"n\"").unwrap();
+        let e = s.read::<Rec>(&k).unwrap_err();
+        assert!(matches!(e, HostError::CorruptRecord { .. }), "{e}");
+        assert_eq!(conf::Error::from(e).code, conf::code::STATE);
+    }
+
+    #[test]
+    fn bad_keys_rejected() {
+        for (cid, ifname) in [
+            ("../x", "eth0"),
+            ("a/b", "eth0"),
+            ("..", "eth0"),
+            (".hidden", "eth0"),
+            ("-dash", "eth0"),
+            ("", "eth0"),
+            ("a b", "eth0"),
+            ("a:b", "eth0"),
+            ("abc", "0123456789abcdef"), // 16 bytes
+            ("abc", "eth0:1"),
+            ("abc", " eth0"),
+            ("abc", "eth0\n"),
+            ("abc", "eth\t0"),
+            ("abc", "a/b"),
+            ("abc", ".."),
+            ("abc", "."),
+            ("abc", ""),
+        ] {
+            let e = RecordKey::new(cid, ifname).unwrap_err();
+            assert!(
+                matches!(e, HostError::InvalidKey { .. }),
+                "{cid:?} {ifname:?}"
+            );
+            assert_eq!(conf::Error::from(e).code, conf::code::INVALID_ENV);
+        }
+        let long_id = "a".repeat(MAX_CONTAINER_ID + 1);
+        assert!(RecordKey::new(&long_id, "eth0").is_err());
+        // Edge cases that are valid.
+        RecordKey::new(&"a".repeat(MAX_CONTAINER_ID), "0123456789abcde").unwrap();
+        RecordKey::new("A.b_c-1", "veth-1.2@x").unwrap();
+    }
+
+    #[test]
+    fn longest_key_fits_in_a_file_name() {
+        let (_t, s) = store();
+        let k = key(&"a".repeat(MAX_CONTAINER_ID), "0123456789abcde");
+        s.write(&k, &1u8).unwrap();
+        assert_eq!(s.keys().unwrap(), vec![k]);
+    }
+
+    #[test]
+    fn keys_are_unambiguous_and_skip_foreign_files() {
+        let (_t, s) = store();
+        // With a '-' separator these two would share a file name.
+        let a = key("a-b", "c");
+        let b = key("a", "b-c");
+        s.write(&a, &1u8).unwrap();
+        s.write(&b, &2u8).unwrap();
+        let _lock = s.lock().unwrap();
+        fs::write(s.dir().join(".tmp-1-1"), b"x").unwrap();
+        fs::write(s.dir().join("foreign"), b"x").unwrap();
+        fs::write(s.dir().join("x:0123456789abcdefg"), b"x").unwrap(); // ifname too long
+        assert_eq!(s.keys().unwrap(), vec![key("a", "b-c"), key("a-b", "c")]);
+        assert_eq!(s.read::<u8>(&a).unwrap(), Some(1));
+        assert_eq!(s.read::<u8>(&b).unwrap(), Some(2));
+    }
+
+    #[test]
+    fn empty_store_has_no_keys() {
+        let (_t, s) = store();
+        assert!(s.keys().unwrap().is_empty());
+        assert!(!s.remove(&key("a", "eth0")).unwrap());
+    }
+
+    #[test]
+    fn for_plugin_parent() {
+        // `for_plugin` reads WEFT_STATE_DIR; test the pure part so no test mutates the env.
+        assert_eq!(
+            RecordStore::under(Some("/tmp/st".into()), "weft-sriov").dir(),
+            Path::new("/tmp/st/weft-sriov")
+        );
+        for unset in [None, Some("".into())] {
+            assert_eq!(
+                RecordStore::under(unset, "kmesh").dir(),
+                Path::new("/var/lib/cni/kmesh")
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "plain file name")]
+    fn for_plugin_rejects_paths() {
+        RecordStore::for_plugin("../etc");
+    }
+
+    /// Read-modify-write under the lock from many threads, each with its own open file
+    /// description (flock locks belong to those, so threads exclude each other like processes).
+    #[test]
+    fn concurrent_writers_under_lock() {
+        let (_t, s) = store();
+        let s = Arc::new(s);
+        let k = key("counter", "eth0");
+        s.write(&k, &0u64).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                let k = k.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        let _g = s.lock().unwrap();
+                        let n: u64 = s.read(&k).unwrap().unwrap();
+                        std::thread::yield_now();
+                        s.write(&k, &(n + 1)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.read::<u64>(&k).unwrap(), Some(200));
+        assert_eq!(
+            dir_names(&s),
+            vec!["counter:eth0".to_string(), "lock".to_string()]
+        );
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let (_t, s) = store();
+        let held = s.lock().unwrap();
+        let path = s.dir().join(LOCK_FILE);
+        let other = File::open(&path).unwrap();
+        let other = match Flock::lock(other, FlockArg::LockExclusiveNonblock) {
+            Ok(_) => panic!("second exclusive lock granted while the first is held"),
+            Err((f, errno)) => {
+                assert_eq!(errno, nix::errno::Errno::EWOULDBLOCK);
+                f
+            }
+        };
+        drop(held);
+        assert!(Flock::lock(other, FlockArg::LockExclusiveNonblock).is_ok());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
