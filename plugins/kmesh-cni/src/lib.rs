@@ -1,6 +1,8 @@
 //! `kmesh-cni`: a chained plugin. This first cut passes the previous plugin's result through
 //! unchanged; the eBPF fast path and mesh enrolment attach here (issue #4).
 
+pub mod config;
+
 use conf::{CniResult, Error, Plugin, Request, Result};
 
 pub struct KmeshCni;
