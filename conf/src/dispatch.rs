@@ -19,6 +19,24 @@ pub struct Request {
     pub stdin: Vec<u8>,
 }
 
+impl Request {
+    /// A per-container argument: the config's `args.cni.<key>` wins over `CNI_ARGS` (the
+    /// conventions doc prefers the config, which a runtime can carry structured values in).
+    pub fn arg(&self, key: &str) -> Option<String> {
+        let from_conf = self
+            .conf
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get(key))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        from_conf.or_else(|| self.env.args.get(key).map(str::to_owned))
+    }
+}
+
 /// One function per verb. A plugin never prints to stdout; it returns a value or an [`Error`].
 pub trait Plugin {
     fn add(&self, req: &Request) -> Result<CniResult>;
@@ -300,6 +318,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn config_args_win_over_cni_args() {
+        let stdin =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"t","args":{"cni":{"IP":"10.0.0.9"}}}"#;
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_NETNS", "/n"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/p"),
+            ("CNI_ARGS", "IP=10.0.0.5;MAC=aa"),
+        ];
+        let req = Request {
+            env: Env::from_vars(|k| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .unwrap(),
+            conf: NetConf::parse(stdin).unwrap(),
+            stdin: stdin.to_vec(),
+        };
+        assert_eq!(req.arg("IP").as_deref(), Some("10.0.0.9"));
+        assert_eq!(req.arg("MAC").as_deref(), Some("aa"));
+        assert_eq!(req.arg("NOPE"), None);
     }
 
     #[test]
