@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod link;
+pub mod logging;
 pub mod netns;
 pub mod record;
 

@@ -44,6 +44,8 @@ pub struct KmeshConf {
     pub fast_path_annotation: String,
     /// Where maps and links are pinned.
     pub pin_root: PathBuf,
+    pub log_level: Option<String>,
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for KmeshConf {
@@ -56,6 +58,8 @@ impl Default for KmeshConf {
             enrol_by_default: false,
             fast_path_annotation: "weft.dev/fast-path".into(),
             pin_root: PathBuf::from("/sys/fs/bpf/weft"),
+            log_level: None,
+            log_file: None,
         }
     }
 }

@@ -1,38 +1,212 @@
-//! `kmesh-cni`: a chained plugin. This first cut passes the previous plugin's result through
-//! unchanged; the eBPF fast path and mesh enrolment attach here (issue #4).
+//! `kmesh-cni`: a chained plugin. After a veth-based main plugin (bridge, ptp) wired the pod,
+//! it attaches the eBPF same-node fast path to the pod's host-side veth, records the pod in the
+//! `endpoints` map (and, when enrolled, the `managed` map), and returns prevResult unchanged.
 
 pub mod config;
+mod error;
+pub mod fastpath;
+pub mod features;
+pub mod pod;
+pub mod record;
 
-use conf::{CniResult, Error, Plugin, Request, Result};
+use conf::{code, CniResult, Error, Plugin, Request, Result};
+use config::{FailurePolicy, KmeshConf};
+use host::{RecordKey, RecordStore};
+use record::Record;
+use std::collections::HashSet;
+
+pub const PLUGIN_NAME: &str = "kmesh-cni";
 
 pub struct KmeshCni;
 
-impl KmeshCni {
-    /// The result of the main plugin before us. A chained plugin without one was configured
-    /// first in a chain (or alone), which is a config error, not something to paper over.
-    fn prev_result(req: &Request) -> Result<CniResult> {
-        req.conf.prev_result()?.ok_or_else(|| {
-            Error::invalid_config(
-                "kmesh-cni is a chained plugin: it must follow a main plugin (bridge, ptp, ...) \
-                 that provides prevResult",
-            )
+/// Everything a verb needs, derived from the request once.
+struct Context {
+    conf: KmeshConf,
+    store: RecordStore,
+    pin_root: bpf::PinRoot,
+}
+
+impl Context {
+    fn new(req: &Request) -> Result<Context> {
+        let conf = KmeshConf::from_request(req)?;
+        host::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
+        Ok(Context {
+            store: RecordStore::for_plugin(PLUGIN_NAME),
+            pin_root: bpf::PinRoot::new(&conf.pin_root),
+            conf,
         })
+    }
+}
+
+/// The result of the main plugin before us. A chained plugin without one was configured
+/// first in a chain (or alone), which is a config error, not something to paper over.
+fn prev_result(req: &Request) -> Result<CniResult> {
+    req.conf.prev_result()?.ok_or_else(|| {
+        Error::invalid_config(
+            "kmesh-cni is a chained plugin: it must follow a main plugin (bridge, ptp, ...) \
+             that provides prevResult",
+        )
+    })
+}
+
+fn key(req: &Request) -> Result<RecordKey> {
+    Ok(RecordKey::new(&req.env.container_id, &req.env.ifname)?)
+}
+
+impl KmeshCni {
+    fn attach(&self, ctx: &Context, req: &Request, prev: &CniResult) -> Result<()> {
+        let policy = ctx.conf.pod_policy(req)?;
+        let Some(mode) = features::choose(
+            if policy.fast_path {
+                ctx.conf.mode
+            } else {
+                config::Mode::Off
+            },
+            ctx.store.dir(),
+        )?
+        else {
+            tracing::info!("fast path off for this pod");
+            return Ok(());
+        };
+        let pod = match pod::discover(req, prev)? {
+            Ok(pod) => pod,
+            Err(why) => {
+                tracing::info!(%why, "passing through without a fast path");
+                return Ok(());
+            }
+        };
+        let cookie = if policy.enrolled {
+            Some(host::netns_cookie(&pod.netns)?)
+        } else {
+            None
+        };
+        let key = key(req)?;
+        let _lock = ctx.store.lock()?;
+        // A retried ADD replaces what the previous try left.
+        if let Some(old) = ctx.store.read::<Record>(&key)? {
+            fastpath::detach(&ctx.store, &key, &ctx.pin_root, &old)?;
+        }
+        fastpath::attach(&ctx.store, &key, &ctx.pin_root, mode, &pod, cookie)?;
+        Ok(())
     }
 }
 
 impl Plugin for KmeshCni {
     fn add(&self, req: &Request) -> Result<CniResult> {
-        Self::prev_result(req)
+        let prev = prev_result(req)?;
+        let ctx = Context::new(req)?;
+        match self.attach(&ctx, req, &prev) {
+            Ok(()) => Ok(prev),
+            Err(e) if ctx.conf.failure_policy == FailurePolicy::Ignore => {
+                tracing::warn!(error = %e, "fast path not attached (failurePolicy: ignore)");
+                Ok(prev)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Nothing is attached yet, so there is nothing to undo. DEL never fails on a missing or
-    /// unreadable prevResult: a failing DEL stops the runtime from running the plugins after
-    /// us, which is how addresses leak (cilium #8313).
-    fn del(&self, _req: &Request) -> Result<()> {
-        Ok(())
+    /// Undoes exactly what the record lists. DEL never fails for something already gone, nor
+    /// on a missing or unreadable prevResult: a failing DEL stops the runtime from running the
+    /// plugins after us, which is how addresses leak (cilium #8313).
+    fn del(&self, req: &Request) -> Result<()> {
+        let ctx = Context::new(req)?;
+        let key = key(req)?;
+        let _lock = ctx.store.lock()?;
+        match ctx.store.read::<Record>(&key)? {
+            Some(record) => fastpath::detach(&ctx.store, &key, &ctx.pin_root, &record),
+            None => Ok(()),
+        }
     }
 
     fn check(&self, req: &Request) -> Result<()> {
-        Self::prev_result(req).map(drop)
+        let prev = prev_result(req)?;
+        let ctx = Context::new(req)?;
+        let policy = ctx.conf.pod_policy(req)?;
+        let record = ctx.store.read::<Record>(&key(req)?)?;
+        let wanted = policy.fast_path && pod::discover(req, &prev)?.is_ok();
+        let record = match (record, wanted) {
+            (None, false) => return Ok(()),
+            (None, true) => {
+                return Err(Error::new(
+                    code::CHECK_FAILED,
+                    "no kmesh-cni attachment for this container",
+                ))
+            }
+            (Some(r), _) => r,
+        };
+        let mut problems = fastpath::verify(&ctx.pin_root, &record)?;
+        let recorded: HashSet<_> = record.endpoints.iter().map(|e| e.ip).collect();
+        if let Some(ips) = pod::pod_ips(&prev, &req.env.ifname) {
+            for ip in ips.into_iter().filter(|ip| !recorded.contains(ip)) {
+                problems.push(format!("prevResult address {ip} has no endpoint entry"));
+            }
+        }
+        if policy.enrolled != record.netns_cookie.is_some() {
+            problems.push("mesh enrolment differs from the pod's annotations".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(
+                Error::new(code::CHECK_FAILED, "kmesh-cni attachment differs")
+                    .with_details(problems.join("; ")),
+            )
+        }
     }
+
+    /// Removes the attachments of containers the runtime no longer knows, and those whose host
+    /// veth vanished (the pod's netns was torn down without a DEL). Keeps going past errors.
+    fn gc(&self, req: &Request) -> Result<()> {
+        let ctx = Context::new(req)?;
+        let valid: HashSet<(String, String)> = req
+            .conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        let _lock = ctx.store.lock()?;
+        let mut failures = Vec::new();
+        for key in ctx.store.keys()? {
+            let record = match ctx.store.read::<Record>(&key) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    failures.push(format!("{}:{}: {e}", key.container_id(), key.ifname()));
+                    continue;
+                }
+            };
+            let listed = valid.contains(&(key.container_id().to_owned(), key.ifname().to_owned()));
+            if listed && veth_still_there(&record) {
+                continue;
+            }
+            if let Err(e) = fastpath::detach(&ctx.store, &key, &ctx.pin_root, &record) {
+                failures.push(format!("{}:{}: {e}", key.container_id(), key.ifname()));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(
+                Error::new(code::HOST, "GC could not remove every stale attachment")
+                    .with_details(failures.join("; ")),
+            )
+        }
+    }
+
+    /// Cheap: bpffs and the maps are reachable and the kernel has what the mode needs.
+    fn status(&self, req: &Request) -> Result<()> {
+        let ctx = Context::new(req)?;
+        let not_ready = |e: Error| Error::new(code::NOT_AVAILABLE, e.msg).with_details(e.details);
+        features::choose(ctx.conf.mode, ctx.store.dir()).map_err(not_ready)?;
+        if ctx.conf.mode != config::Mode::Off {
+            bpf::Maps::open_or_create(&ctx.pin_root)
+                .map_err(|e| not_ready(error::from_bpf("open maps", e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The record's host veth still exists under the same name and index.
+fn veth_still_there(record: &Record) -> bool {
+    matches!(host::link_by_index(None, record.host_ifindex), Ok(Some(l)) if l.name == record.host_veth)
 }
