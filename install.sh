@@ -79,13 +79,23 @@ for b in "${BINARIES[@]}"; do
     *) echo "install.sh: $b VERSION answered: $out" >&2; exit 1 ;;
   esac
 done
-# A chained ADD through the installed kmesh-cni: it must hand the main plugin's result back.
+# A chained ADD through the installed kmesh-cni with the fast path off (no pod exists here): it
+# must hand the main plugin's result back.
 prev='{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/smoke"}],"ips":[{"interface":0,"address":"10.99.0.2/24","gateway":"10.99.0.1"}],"dns":{}}'
-out=$(printf '{"cniVersion":"1.0.0","name":"smoke","type":"kmesh-cni","prevResult":%s}' "$prev" |
+out=$(printf '{"cniVersion":"1.0.0","name":"smoke","type":"kmesh-cni","mode":"off","prevResult":%s}' "$prev" |
   CNI_COMMAND=ADD CNI_CONTAINERID=weft-smoke CNI_NETNS=/var/run/netns/smoke CNI_IFNAME=eth0 \
   CNI_PATH="$BIN_DIR" "$BIN_DIR/kmesh-cni")
 case "$out" in
   *'"10.99.0.2/24"'*) printf '    %-10s chained ADD ok\n' kmesh-cni ;;
   *) echo "install.sh: kmesh-cni pass-through ADD answered: $out" >&2; exit 1 ;;
 esac
+# STATUS probes the kernel (bpf_redirect_peer, tcx or clsact) and opens the node's pinned maps
+# under /sys/fs/bpf/weft (creating them on first use): the node can serve the fast path.
+if out=$(printf '{"cniVersion":"1.1.0","name":"smoke","type":"kmesh-cni"}' |
+  CNI_COMMAND=STATUS CNI_PATH="$BIN_DIR" "$BIN_DIR/kmesh-cni"); then
+  printf '    %-10s STATUS ok (kernel has the fast path)\n' kmesh-cni
+else
+  echo "install.sh: kmesh-cni STATUS failed: $out" >&2
+  exit 1
+fi
 say "weft installed in $BIN_DIR"

@@ -1,1 +1,57 @@
-//! placeholder
+//! weft's eBPF same-node fast path.
+//!
+//! A tc program on a pod's host-side veth ingress (the pod's egress) looks the destination
+//! up in the `endpoints` map and, for a local pod, hands the packet straight to that pod's
+//! interface with `bpf_redirect_peer()`. This crate builds the program (build.rs, clang),
+//! mirrors its map layouts (`include/weft.h` is the single source of truth), probes the
+//! kernel, loads and pins the maps and program once per node, and attaches/detaches the
+//! program per pod (tcx links, or legacy clsact + cls_bpf).
+//!
+//! Typical use from a CNI ADD (each exec is a new process; everything lives in pins):
+//! ```no_run
+//! # fn f() -> bpf::Result<()> {
+//! let root = bpf::PinRoot::default();
+//! let mut maps = bpf::Maps::open_or_create(&root)?;
+//! let mode = if bpf::probe::features().tcx { bpf::Mode::Tcx } else { bpf::Mode::Tc };
+//! let att = maps.attach("veth1234", mode, "c0ffee-eth0")?;   // store `att` in the record
+//! let ep = bpf::Endpoint::new(att.ifindex, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], false,
+//!                             bpf::owner_token(&["c0ffee", "eth0"]));
+//! maps.endpoints.insert("10.0.0.5".parse().unwrap(), &ep)?;
+//! // DEL:
+//! maps.endpoints.remove_if_owner("10.0.0.5".parse().unwrap(), &ep)?;
+//! bpf::detach(&root, &att)?;
+//! # Ok(()) }
+//! ```
+
+mod attach;
+mod error;
+mod layout;
+mod maps;
+mod netlink;
+pub mod netns;
+mod pin;
+pub mod probe;
+
+pub use attach::{detach, detach_key, is_attached, Attachment, Mode, TC_HANDLE, TC_PRIORITY};
+pub use error::{Error, Result};
+pub use layout::{
+    owner_token, Counters, Endpoint, EndpointKey, Managed, COUNTERS_MAX, ENDPOINTS_MAX,
+    EP_F_ROUTED, MANAGED_F_ENROLLED, MANAGED_MAX, MAP_COUNTERS, MAP_ENDPOINTS, MAP_MANAGED,
+};
+pub use maps::{Endpoints, ManagedMap, Maps};
+pub use pin::{ensure_bpffs, is_bpffs, validate_key, PinRoot, BPFFS};
+
+mod objects {
+    #![allow(dead_code)] // PROBE_OBJ_HASH is generated for symmetry
+    include!(concat!(env!("OUT_DIR"), "/obj_hashes.rs"));
+
+    /// The redirect program and its maps (src/redirect.bpf.c).
+    pub static REDIRECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
+    /// A no-op tc program without maps, for feature probes (src/probe.bpf.c).
+    pub static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe.bpf.o"));
+
+    /// Name of the program in redirect.bpf.c.
+    pub const REDIRECT_PROG: &str = "weft_redirect";
+    pub const PROBE_PROG: &str = "weft_probe";
+}

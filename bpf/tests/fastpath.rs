@@ -1,0 +1,396 @@
+//! Root tests with real traffic between network namespaces.
+//!
+//! Each test builds its own node netns (bridge or routed veths) with two pod netns and
+//! its own pin root, so tests run in parallel and never touch the host's interfaces.
+//! Run: `sudo -E cargo test -p bpf` (CI=true turns missing prerequisites into failures).
+
+mod common;
+
+use std::net::IpAddr;
+
+use bpf::{probe, Counters, Endpoint, Managed, Maps, Mode};
+use common::*;
+
+#[test]
+fn probes_find_the_kernel_features() {
+    if !prerequisites("probes_find_the_kernel_features") {
+        return;
+    }
+    let f = probe::features();
+    eprintln!("features: {f:?}");
+    // The test machines run kernel 6.18 (ENVIRONMENT.md): everything must be there.
+    assert!(
+        f.redirect_peer,
+        "bpf_redirect_peer not usable from tc programs"
+    );
+    assert!(f.bpffs, "no bpffs");
+    assert!(f.clsact, "clsact + cls_bpf attach failed");
+    assert!(f.tcx, "tcx link attach failed");
+    assert_eq!(f.mode(), Some(Mode::Tcx));
+}
+
+#[test]
+fn maps_are_pinned_once_and_reused_by_later_processes() {
+    if !prerequisites("maps_are_pinned_once_and_reused_by_later_processes") {
+        return;
+    }
+    let pins = TestPins::new(&unique_id());
+    let mut first = Maps::open_or_create(&pins.root).unwrap();
+    for name in [bpf::MAP_ENDPOINTS, bpf::MAP_COUNTERS, bpf::MAP_MANAGED] {
+        assert!(pins.root.path().join(name).exists(), "{name} not pinned");
+    }
+    assert_eq!(first.counters().unwrap(), Counters::default());
+
+    // A second open (as a later CNI exec would) sees the same maps.
+    let ip: IpAddr = "10.9.9.9".parse().unwrap();
+    let ep = Endpoint::new(
+        7,
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+        false,
+        bpf::owner_token(&["a", "eth0"]),
+    );
+    first.endpoints.insert(ip, &ep).unwrap();
+    let mut second = Maps::open_or_create(&pins.root).unwrap();
+    assert_eq!(second.endpoints.get(ip).unwrap(), Some(ep));
+    assert_eq!(second.endpoints.list().unwrap(), vec![(ip, ep)]);
+
+    // IP reuse race: a new pod got the address; the old pod's DEL must not remove it.
+    let newer = Endpoint::new(
+        8,
+        [2, 0, 0, 0, 0, 3],
+        [2, 0, 0, 0, 0, 4],
+        false,
+        bpf::owner_token(&["b", "eth0"]),
+    );
+    second.endpoints.insert(ip, &newer).unwrap();
+    assert!(!first.endpoints.remove_if_owner(ip, &ep).unwrap());
+    assert_eq!(first.endpoints.get(ip).unwrap(), Some(newer));
+    assert!(second.endpoints.remove_if_owner(ip, &newer).unwrap());
+    assert_eq!(first.endpoints.get(ip).unwrap(), None);
+    // Removing what is already gone is fine.
+    assert!(!second.endpoints.remove_if_owner(ip, &newer).unwrap());
+
+    // Mesh enrolment by netns cookie.
+    let cookie = bpf::netns::current_cookie().unwrap();
+    assert_ne!(cookie, 0);
+    let m = Managed {
+        flags: bpf::MANAGED_F_ENROLLED,
+        ifindex: 7,
+    };
+    first.managed.insert(cookie, &m).unwrap();
+    assert_eq!(second.managed.get(cookie).unwrap(), Some(m));
+    assert!(second.managed.remove(cookie).unwrap());
+    assert!(!first.managed.remove(cookie).unwrap());
+    assert_eq!(first.managed.list().unwrap(), vec![]);
+}
+
+#[test]
+fn stale_pins_with_another_layout_are_refused() {
+    if !prerequisites("stale_pins_with_another_layout_are_refused") {
+        return;
+    }
+    let pins = TestPins::new(&unique_id());
+    pins.root.ensure().unwrap();
+    // What an older build with a 4-byte key would have left behind.
+    let path = pins.root.path().join(bpf::MAP_ENDPOINTS);
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "32",
+            "entries",
+            "16",
+            "name",
+            "endpoints",
+        ])
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => {
+            let msg = format!("bpftool map create failed: {other:?}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("SKIP {msg}");
+            return;
+        }
+    }
+    match Maps::open_or_create(&pins.root) {
+        Err(bpf::Error::StaleMap { path: p, .. }) => assert_eq!(p, path),
+        Err(e) => panic!("expected StaleMap, got {e}"),
+        Ok(_) => panic!("stale pin accepted"),
+    }
+}
+
+#[test]
+fn bridge_fast_path_with_tcx() {
+    if prerequisites("bridge_fast_path_with_tcx") {
+        fast_path(Kind::Bridge, Mode::Tcx, 71);
+    }
+}
+
+#[test]
+fn bridge_fast_path_with_legacy_tc() {
+    if prerequisites("bridge_fast_path_with_legacy_tc") {
+        fast_path(Kind::Bridge, Mode::Tc, 72);
+    }
+}
+
+#[test]
+fn routed_fast_path_decrements_ttl_like_the_kernel() {
+    if prerequisites("routed_fast_path_decrements_ttl_like_the_kernel") {
+        fast_path(Kind::Routed, Mode::Tcx, 73);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Bridge,
+    Routed,
+}
+
+/// Everything a receiver observes for A -> B traffic: UDP (source, TTL) per family.
+fn observe(t: &Topology) -> Vec<(IpAddr, u8)> {
+    let mut seen = udp_observe(&t.a.ns, &t.b.ns, t.b.v4, 5);
+    assert_eq!(seen.len(), 5, "IPv4 UDP datagrams lost");
+    if let Some(v6) = t.b.v6 {
+        let s6 = udp_observe(&t.a.ns, &t.b.ns, v6, 5);
+        assert_eq!(s6.len(), 5, "IPv6 UDP datagrams lost");
+        seen.extend(s6);
+    }
+    seen
+}
+
+/// Ping both ways and both families, TCP A -> B; asserts all of it works.
+fn traffic(t: &Topology) {
+    assert!(ping(&t.a.ns, t.b.v4), "IPv4 ping A -> B");
+    assert!(ping(&t.b.ns, t.a.v4), "IPv4 ping B -> A");
+    if let (Some(a6), Some(b6)) = (t.a.v6, t.b.v6) {
+        assert!(ping(&t.a.ns, b6), "IPv6 ping A -> B");
+        assert!(ping(&t.b.ns, a6), "IPv6 ping B -> A");
+    }
+    assert_eq!(
+        tcp_roundtrip(&t.a.ns, &t.b.ns, t.b.v4),
+        t.a.v4,
+        "TCP client address"
+    );
+    if let (Some(a6), Some(b6)) = (t.a.v6, t.b.v6) {
+        assert_eq!(
+            tcp_roundtrip(&t.a.ns, &t.b.ns, b6),
+            a6,
+            "TCP client address (v6)"
+        );
+    }
+}
+
+fn endpoints_of(p: &Pod, routed: bool, owner: &str) -> Vec<(IpAddr, Endpoint)> {
+    let ep = Endpoint::new(
+        p.host_ifindex,
+        p.mac,
+        p.host_mac,
+        routed,
+        bpf::owner_token(&[owner, "eth0"]),
+    );
+    std::iter::once(p.v4)
+        .chain(p.v6)
+        .map(|ip| (ip, ep))
+        .collect()
+}
+
+fn fast_path(kind: Kind, mode: Mode, net: u8) {
+    let id = unique_id();
+    let pins = TestPins::new(&id);
+    let t = match kind {
+        Kind::Bridge => Topology::bridge(&id, net),
+        Kind::Routed => Topology::ptp(&id, net),
+    };
+
+    // 1. The normal path, no program: what must the receiver see?
+    traffic(&t);
+    let baseline = observe(&t);
+    let expected_ttl = if kind == Kind::Routed { 63 } else { 64 };
+    assert!(
+        baseline.iter().all(|&(_, ttl)| ttl == expected_ttl),
+        "normal path TTLs {baseline:?}, expected {expected_ttl}"
+    );
+
+    // 2. Fast path: attach on both host veths (twice for A: a retried ADD), fill endpoints.
+    let mut maps = Maps::open_or_create(&pins.root).unwrap();
+    let (att_a, att_b) = t.node.in_ns(|| {
+        let first = maps.attach(&t.a.host_if, mode, "pod-a").unwrap();
+        let again = maps.attach(&t.a.host_if, mode, "pod-a").unwrap();
+        assert_eq!(first, again);
+        (again, maps.attach(&t.b.host_if, mode, "pod-b").unwrap())
+    });
+    assert_eq!(att_a.ifindex, t.a.host_ifindex);
+    assert_eq!(
+        att_a.prog_id, att_b.prog_id,
+        "one pinned program shared by all pods"
+    );
+    t.node.in_ns(|| {
+        for att in [&att_a, &att_b] {
+            assert!(
+                bpf::is_attached(&pins.root, att).unwrap(),
+                "{att:?} not attached"
+            );
+        }
+        if mode == Mode::Tcx {
+            let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+                &t.a.host_if,
+                aya::programs::TcAttachType::Ingress,
+            )
+            .unwrap();
+            assert_eq!(progs.len(), 1, "retried attach stacked programs");
+        }
+    });
+    let routed = kind == Kind::Routed;
+    let eps: Vec<_> = endpoints_of(&t.a, routed, "a")
+        .into_iter()
+        .chain(endpoints_of(&t.b, routed, "b"))
+        .collect();
+    for (ip, ep) in &eps {
+        maps.endpoints.insert(*ip, ep).unwrap();
+    }
+
+    let c0 = maps.counters().unwrap();
+    traffic(&t);
+    let fast = observe(&t);
+    let c1 = maps.counters().unwrap();
+    eprintln!("{kind:?}/{mode:?} fast-path counters: {c1:?}");
+    assert_eq!(
+        fast, baseline,
+        "receiver saw different source/TTL on the fast path"
+    );
+    let udp = fast.len() as u64;
+    // Pings (3 each way per family), TCP segments and the UDP datagrams all qualify.
+    assert!(
+        c1.redirected_packets - c0.redirected_packets >= udp + 6,
+        "redirected only {} packets",
+        c1.redirected_packets - c0.redirected_packets
+    );
+    assert!(c1.redirected_bytes > c0.redirected_bytes);
+
+    // 3. Unknown destinations pass: without endpoints nothing is redirected, all flows.
+    for (ip, ep) in &eps {
+        assert!(maps.endpoints.remove_if_owner(*ip, ep).unwrap());
+    }
+    let c2 = maps.counters().unwrap();
+    traffic(&t);
+    assert_eq!(observe(&t), baseline);
+    let c3 = maps.counters().unwrap();
+    assert_eq!(
+        c3.redirected_packets, c2.redirected_packets,
+        "redirected without endpoints"
+    );
+    assert!(
+        c3.pass_no_endpoint - c2.pass_no_endpoint >= udp,
+        "unknown destinations not counted as passed"
+    );
+    assert!(c3.passed_packets > c2.passed_packets);
+
+    // 4. Detach: counters stop, traffic keeps flowing via the normal path.
+    for (ip, ep) in &eps {
+        maps.endpoints.insert(*ip, ep).unwrap();
+    }
+    t.node.in_ns(|| {
+        for att in [&att_a, &att_b] {
+            bpf::detach(&pins.root, att).unwrap();
+            assert!(!bpf::is_attached(&pins.root, att).unwrap());
+            bpf::detach(&pins.root, att).unwrap(); // already gone: still fine
+        }
+        if mode == Mode::Tcx {
+            let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+                &t.a.host_if,
+                aya::programs::TcAttachType::Ingress,
+            )
+            .unwrap();
+            assert!(
+                progs.is_empty(),
+                "tcx programs left after detach: {}",
+                progs.len()
+            );
+        }
+    });
+    assert!(
+        pins.link_pins().is_empty(),
+        "link pins left: {:?}",
+        pins.link_pins()
+    );
+    if mode == Mode::Tc {
+        let out = t
+            .node
+            .exec(&["tc", "filter", "show", "dev", &t.a.host_if, "ingress"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "tc filter left behind"
+        );
+    }
+    let c4 = maps.counters().unwrap();
+    traffic(&t);
+    assert_eq!(observe(&t), baseline);
+    assert_eq!(maps.counters().unwrap(), c4, "counters moved after detach");
+}
+
+#[test]
+fn detach_key_cleans_up_without_a_record() {
+    if !prerequisites("detach_key_cleans_up_without_a_record") {
+        return;
+    }
+    let id = unique_id();
+    let pins = TestPins::new(&id);
+    let t = Topology::bridge(&id, 74);
+    let mut maps = Maps::open_or_create(&pins.root).unwrap();
+    t.node.in_ns(|| {
+        let tcx = maps.attach(&t.a.host_if, Mode::Tcx, "k-a").unwrap();
+        let tc = maps.attach(&t.b.host_if, Mode::Tc, "k-b").unwrap();
+        // Switching modes under one key replaces the old attachment.
+        let switched = maps.attach(&t.a.host_if, Mode::Tc, "k-a").unwrap();
+        assert!(!bpf::is_attached(&pins.root, &tcx).unwrap());
+        assert!(bpf::is_attached(&pins.root, &switched).unwrap());
+        bpf::detach_key(&pins.root, "k-a", Some(&t.a.host_if)).unwrap();
+        bpf::detach_key(&pins.root, "k-b", Some(&t.b.host_if)).unwrap();
+        assert!(!bpf::is_attached(&pins.root, &switched).unwrap());
+        assert!(!bpf::is_attached(&pins.root, &tc).unwrap());
+        // Nothing there at all, or an interface that does not exist: still fine.
+        bpf::detach_key(&pins.root, "k-a", Some("nonexistent0")).unwrap();
+        assert!(bpf::detach_key(&pins.root, "../escape", None).is_err());
+    });
+    assert!(pins.link_pins().is_empty());
+}
+
+#[test]
+fn concurrent_first_opens_share_one_set_of_pins() {
+    if !prerequisites("concurrent_first_opens_share_one_set_of_pins") {
+        return;
+    }
+    // Several "CNI execs" racing to create the pins: all must succeed (the pin-root lock
+    // serialises creation) and end up on the same maps. A few rounds on fresh roots,
+    // released together by a barrier, to make the race likely.
+    for _ in 0..5 {
+        let pins = TestPins::new(&unique_id());
+        let n = 12;
+        let barrier = std::sync::Barrier::new(n);
+        let ids: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let _maps = Maps::open_or_create(&pins.root).unwrap();
+                        aya::maps::MapInfo::from_pin(pins.root.path().join(bpf::MAP_ENDPOINTS))
+                            .unwrap()
+                            .id()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            ids.windows(2).all(|w| w[0] == w[1]),
+            "different maps: {ids:?}"
+        );
+    }
+}
