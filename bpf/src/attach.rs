@@ -203,7 +203,18 @@ pub fn is_attached(root: &PinRoot, att: &Attachment) -> Result<bool> {
                     .map_err(|e| Error::program(format!("query tcx on {}", att.ifname), e))?;
             Ok(progs.iter().any(|p| p.id() == att.prog_id))
         }
-        Mode::Tc => crate::netlink::has_filter(att.ifindex, TC_PRIORITY, u32::from(TC_HANDLE)),
+        Mode::Tc => host::link::tc_ingress_filter_exists(
+            None,
+            att.ifindex,
+            TC_PRIORITY,
+            u32::from(TC_HANDLE),
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("query tc filters on {}", att.ifname),
+                std::io::Error::other(e),
+            )
+        }),
     }
 }
 

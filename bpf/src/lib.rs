@@ -27,8 +27,6 @@ mod attach;
 mod error;
 mod layout;
 mod maps;
-mod netlink;
-pub mod netns;
 mod pin;
 pub mod probe;
 

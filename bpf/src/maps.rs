@@ -297,7 +297,7 @@ impl Endpoints {
     }
 }
 
-/// The `managed` map: netns cookie -> mesh enrolment (see [`crate::netns::cookie`]).
+/// The `managed` map: netns cookie -> mesh enrolment (see `host::netns_cookie`).
 pub struct ManagedMap {
     map: HashMap<MapData, u64, Managed>,
 }

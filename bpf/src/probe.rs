@@ -10,7 +10,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{netns, objects, pin};
+use crate::{objects, pin};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Features {
@@ -59,8 +59,8 @@ pub fn features() -> Features {
             .unwrap_or(false);
     // Attach for real, to the loopback device of a namespace that exists only for the
     // probe: no interface anyone uses is touched, and everything vanishes with the thread.
-    let (tcx, clsact) =
-        netns::in_throwaway_netns(|| (probe_tcx(), probe_clsact())).unwrap_or_else(|e| {
+    let (tcx, clsact) = host::netns::run_in_new_netns(|| (probe_tcx(), probe_clsact()))
+        .unwrap_or_else(|e| {
             tracing::debug!(error = %e, "cannot create a throwaway netns for probes");
             (false, false)
         });

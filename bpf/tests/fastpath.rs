@@ -72,7 +72,7 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
     assert!(!second.endpoints.remove_if_owner(ip, &newer).unwrap());
 
     // Mesh enrolment by netns cookie.
-    let cookie = bpf::netns::current_cookie().unwrap();
+    let cookie = host::netns::current_netns_cookie().unwrap();
     assert_ne!(cookie, 0);
     let m = Managed {
         flags: bpf::MANAGED_F_ENROLLED,

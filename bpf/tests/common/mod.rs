@@ -95,7 +95,7 @@ impl Netns {
     }
 
     pub fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        bpf::netns::in_netns(&self.path(), f).expect("enter netns")
+        host::run_in_netns(&self.path(), f).expect("enter netns")
     }
 
     pub fn mac(&self, dev: &str) -> [u8; 6] {

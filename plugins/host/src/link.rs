@@ -289,6 +289,43 @@ fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(ip, msg.header.prefix_len).ok()
 }
 
+/// Is there a tc filter with this priority and handle on the clsact ingress hook of `ifindex`?
+/// A device without a clsact qdisc (or gone altogether) has none. The bpf crate uses this to
+/// tell whether its legacy-tc attachment is still in place, since aya does not expose the query.
+pub fn tc_ingress_filter_exists(
+    netns: Option<&Path>,
+    ifindex: u32,
+    priority: u16,
+    handle: u32,
+) -> Result<bool, HostError> {
+    netlink(netns, move |h| async move {
+        let mut filters = h.traffic_filter(ifindex as i32).get().ingress().execute();
+        let mut found = false;
+        while let Some(msg) = filters.next().await {
+            match msg {
+                Ok(m) => {
+                    found |= u32::from(m.header.handle) == handle
+                        && (m.header.info >> 16) as u16 == priority;
+                }
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.code.is_some_and(|c| {
+                        matches!(-c.get(), libc::ENOENT | libc::EINVAL | libc::ENODEV)
+                    }) =>
+                {
+                    return Ok(false)
+                }
+                Err(source) => {
+                    return Err(HostError::Netlink {
+                        op: "dump tc filters",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(found)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,6 +90,33 @@ where
     })
 }
 
+/// Runs `f` on a new thread inside a brand-new, empty network namespace that disappears when
+/// `f` returns (feature probes use it so they touch no interface anyone uses).
+pub fn run_in_new_netns<T, F>(f: F) -> Result<T, HostError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("weft-new-netns".into())
+            .spawn_scoped(s, move || -> Result<T, HostError> {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    HostError::Setns {
+                        path: PathBuf::from("(new netns)"),
+                        source,
+                    }
+                })?;
+                Ok(f())
+            })
+            .map_err(HostError::Thread)?;
+        match worker.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// The netns cookie (`SO_NETNS_COOKIE`) of the namespace at `netns`: a 64-bit id that is unique
 /// for the boot and never reused, unlike inode numbers or nsids. BPF programs see the same value
 /// through `bpf_get_netns_cookie()`.
