@@ -1,0 +1,426 @@
+//! The `ipam` section, with whereabouts' field names, validated into [`Config`].
+//!
+//! ```json
+//! "ipam": {
+//!   "type": "weft-ipam",
+//!   "range": "10.1.0.0/24", "range_start": "10.1.0.10", "range_end": "10.1.0.200",
+//!   "exclude": ["10.1.0.64/28"], "gateway": "10.1.0.1",
+//!   "ipRanges": [{"range": "fd10::/64", "exclude": ["fd10::100/120"]}],
+//!   "routes": [{"dst": "0.0.0.0/0"}], "dns": {"nameservers": ["10.1.0.1"]},
+//!   "network_name": "pods", "log_file": "/var/log/weft-ipam.log", "log_level": "info",
+//!   "store": {"type": "file", "dir": "/var/lib/cni/weft-ipam"}
+//! }
+//! ```
+//! The top-level `range` (if any) is the first range; `ipRanges` entries follow. A `gateway` is
+//! matched to the range whose subnet contains it. Every error is code 7 and names the value.
+
+use crate::range::{Family, Range, RangeSpec};
+use conf::result::{Dns, Route};
+use conf::{Error, Result};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default store directory: `/var/lib/cni/weft-ipam`; `WEFT_STATE_DIR` replaces `/var/lib/cni`
+/// (tests and non-root runs), `store.dir` replaces the whole path.
+pub const DEFAULT_STATE_PARENT: &str = "/var/lib/cni";
+pub const STATE_DIR_ENV: &str = "WEFT_STATE_DIR";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawRange {
+    range: Option<String>,
+    range_start: Option<IpAddr>,
+    range_end: Option<IpAddr>,
+    exclude: Vec<String>,
+    gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawRoute {
+    dst: Option<String>,
+    gw: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawIpam {
+    #[serde(flatten)]
+    top: RawRange,
+    #[serde(rename = "ipRanges")]
+    ip_ranges: Vec<RawRange>,
+    routes: Vec<RawRoute>,
+    dns: Option<Dns>,
+    network_name: Option<String>,
+    log_file: Option<PathBuf>,
+    log_level: Option<String>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawStore {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    dir: Option<PathBuf>,
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    tls: Option<EtcdTls>,
+    username: Option<String>,
+    username_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    timeout_ms: Option<u64>,
+}
+
+/// TLS material for etcd, as file paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EtcdTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+    /// Credentials; the password is only ever read from a file so it stays out of configs.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Bound on one whole verb against etcd; past it the verb fails with code 11.
+    pub timeout: Duration,
+    /// Node-local directory for the lock that queues this node's own ADDs (see store::etcd).
+    pub lock_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    File { dir: PathBuf },
+    Etcd(EtcdConfig),
+}
+
+/// The validated IPAM config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespace of the reservations: `network_name`, else the network's `name`.
+    pub network: String,
+    pub ranges: Vec<Range>,
+    pub routes: Vec<Route>,
+    pub dns: Option<Dns>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub store: StoreConfig,
+}
+
+fn bad(msg: String) -> Error {
+    Error::invalid_config(msg)
+}
+
+/// Same rule the CNI spec sets for network names; the name becomes a directory / key segment.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "network_name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 200 characters)"
+        )))
+    }
+}
+
+impl Config {
+    /// Decodes and validates the `ipam` object. `net_name` is the config's `name`.
+    pub fn from_ipam(
+        ipam: &serde_json::Map<String, serde_json::Value>,
+        net_name: &str,
+    ) -> Result<Config> {
+        let raw: RawIpam = serde_json::from_value(serde_json::Value::Object(ipam.clone()))
+            .map_err(|e| bad(format!("invalid weft-ipam config: {e}")))?;
+        Self::from_raw(raw, net_name)
+    }
+
+    fn from_raw(raw: RawIpam, net_name: &str) -> Result<Config> {
+        let network = raw
+            .network_name
+            .clone()
+            .unwrap_or_else(|| net_name.to_string());
+        validate_network_name(&network)?;
+
+        let mut raws: Vec<RawRange> = Vec::new();
+        if raw.top.range.is_some() {
+            raws.push(raw.top.clone());
+        } else if raw.top.range_start.is_some()
+            || raw.top.range_end.is_some()
+            || !raw.top.exclude.is_empty()
+        {
+            return Err(bad(
+                "range_start, range_end and exclude need a \"range\"".into()
+            ));
+        }
+        raws.extend(raw.ip_ranges.iter().cloned());
+        if raws.is_empty() {
+            return Err(bad("no address range: set \"range\" or \"ipRanges\"".into()));
+        }
+
+        // Top-level gateway: attach it to the first range whose subnet contains it.
+        let mut ranges = Vec::with_capacity(raws.len());
+        let mut top_gw = raw.top.gateway.filter(|_| raw.top.range.is_none());
+        for (i, rr) in raws.iter().enumerate() {
+            let text = rr
+                .range
+                .clone()
+                .ok_or_else(|| bad(format!("ipRanges entry {i} has no \"range\"")))?;
+            let mut spec = RangeSpec {
+                range: text,
+                range_start: rr.range_start,
+                range_end: rr.range_end,
+                exclude: rr.exclude.clone(),
+                gateway: rr.gateway,
+            };
+            if spec.gateway.is_none() {
+                if let Some(gw) = top_gw {
+                    let probe = Range::new(&RangeSpec {
+                        gateway: None,
+                        ..spec.clone()
+                    })?;
+                    if probe.subnet.contains(gw) {
+                        spec.gateway = Some(gw);
+                        top_gw = None;
+                    }
+                }
+            }
+            ranges.push(Range::new(&spec)?);
+        }
+        if let Some(gw) = top_gw {
+            return Err(bad(format!(
+                "gateway {gw} is not inside any configured range"
+            )));
+        }
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[i + 1..] {
+                if a.family() == b.family() && a.contains(b.start) | b.contains(a.start) {
+                    return Err(bad(format!(
+                        "ranges {}-{} and {}-{} overlap: a container would get two addresses from one pool",
+                        a.start, a.end, b.start, b.end
+                    )));
+                }
+            }
+        }
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for r in &raw.routes {
+            let dst = r
+                .dst
+                .as_deref()
+                .ok_or_else(|| bad("route without \"dst\"".into()))?;
+            let dst: IpNetwork = dst
+                .parse()
+                .map_err(|e| bad(format!("route dst {dst:?} is not a CIDR: {e}")))?;
+            if let Some(gw) = r.gw {
+                if Family::of(gw) != Family::of(dst.ip()) {
+                    return Err(bad(format!(
+                        "route {dst} has a gateway {gw} of another address family"
+                    )));
+                }
+            }
+            routes.push(Route::new(dst, r.gw));
+        }
+
+        Ok(Config {
+            network,
+            ranges,
+            routes,
+            dns: raw.dns,
+            log_file: raw.log_file,
+            log_level: raw.log_level,
+            store: store_config(raw.store.unwrap_or_default())?,
+        })
+    }
+}
+
+/// `store.dir`, else `$WEFT_STATE_DIR/weft-ipam`, else `/var/lib/cni/weft-ipam`.
+fn local_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(d) if d.is_relative() => Err(bad(format!(
+            "store.dir {} must be an absolute path",
+            d.display()
+        ))),
+        Some(d) => Ok(d),
+        None => {
+            let parent = std::env::var_os(STATE_DIR_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PARENT));
+            Ok(parent.join("weft-ipam"))
+        }
+    }
+}
+
+fn store_config(raw: RawStore) -> Result<StoreConfig> {
+    match raw.kind.as_deref().unwrap_or("file") {
+        "file" => Ok(StoreConfig::File {
+            dir: local_dir(raw.dir)?,
+        }),
+        "etcd" => {
+            if raw.endpoints.is_empty() {
+                return Err(bad("store type etcd needs \"endpoints\"".into()));
+            }
+            let prefix = raw.prefix.unwrap_or_else(|| "/weft-ipam".into());
+            if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+                return Err(bad(format!(
+                    "store.prefix {prefix:?} must start with '/' and not end with '/'"
+                )));
+            }
+            let username = match (raw.username, raw.username_file) {
+                (Some(u), None) => Some(u),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| bad(format!("store.username_file {}: {e}", f.display())))?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "set store.username or store.username_file, not both".into()
+                    ))
+                }
+            };
+            if username.is_some() != raw.password_file.is_some() {
+                return Err(bad(
+                    "etcd credentials need both a username and store.password_file".into(),
+                ));
+            }
+            let timeout_ms = raw.timeout_ms.unwrap_or(5000);
+            if !(100..=120_000).contains(&timeout_ms) {
+                return Err(bad(format!(
+                    "store.timeout_ms {timeout_ms} must be within 100..=120000"
+                )));
+            }
+            Ok(StoreConfig::Etcd(EtcdConfig {
+                endpoints: raw.endpoints,
+                prefix,
+                tls: raw.tls,
+                username,
+                password_file: raw.password_file,
+                timeout: Duration::from_millis(timeout_ms),
+                lock_dir: local_dir(raw.dir)?,
+            }))
+        }
+        other => Err(bad(format!(
+            "unknown store type {other:?} (expected \"file\" or \"etcd\")"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<Config> {
+        Config::from_ipam(v.as_object().unwrap(), "net1")
+    }
+
+    #[test]
+    fn whereabouts_fields_dual_stack() {
+        let c = parse(json!({
+            "type": "weft-ipam",
+            "range": "10.1.0.0/24", "range_start": "10.1.0.10", "exclude": ["10.1.0.12/32"],
+            "gateway": "10.1.0.1",
+            "ipRanges": [{"range": "fd10::/120"}],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0", "gw": "fd10::1"}],
+            "dns": {"nameservers": ["10.1.0.1"]},
+            "store": {"type": "file", "dir": "/tmp/x"}
+        }))
+        .unwrap();
+        assert_eq!(c.network, "net1");
+        assert_eq!(c.ranges.len(), 2);
+        assert_eq!(
+            c.ranges[0].lowest_free([]),
+            Some("10.1.0.10".parse().unwrap())
+        );
+        assert_eq!(
+            c.ranges[1].lowest_free([]),
+            Some("fd10::2".parse().unwrap())
+        );
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(
+            c.store,
+            StoreConfig::File {
+                dir: "/tmp/x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn top_level_gateway_goes_to_the_containing_range() {
+        let c = parse(json!({"ipRanges": [{"range": "10.2.0.0/24"}, {"range": "fd20::/64"}], "gateway": "fd20::fe"}))
+            .unwrap();
+        assert_eq!(c.ranges[1].gateway, Some("fd20::fe".parse().unwrap()));
+        assert_eq!(c.ranges[0].gateway, Some("10.2.0.1".parse().unwrap()));
+        let e = parse(json!({"ipRanges": [{"range": "10.2.0.0/24"}], "gateway": "10.3.0.1"}))
+            .unwrap_err();
+        assert!(e.msg.contains("10.3.0.1"), "{}", e.msg);
+    }
+
+    #[test]
+    fn errors_are_code_7() {
+        for (v, needle) in [
+            (json!({}), "no address range"),
+            (
+                json!({"range": "10.0.0.0/24", "network_name": "../etc"}),
+                "network_name",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "store": {"type": "redis"}}),
+                "redis",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "store": {"type": "etcd"}}),
+                "endpoints",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "store": {"dir": "rel"}}),
+                "absolute",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "ipRanges": [{"range": "10.0.0.128/25"}]}),
+                "overlap",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "routes": [{"dst": "nope"}]}),
+                "nope",
+            ),
+            (json!({"range": 5}), "invalid weft-ipam config"),
+            (json!({"range_start": "10.0.0.1"}), "need a \"range\""),
+        ] {
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{v}");
+            assert!(e.msg.contains(needle), "{v}: {:?} lacks {needle:?}", e.msg);
+        }
+    }
+
+    #[test]
+    fn etcd_store_defaults() {
+        let c = parse(json!({"range": "10.0.0.0/24", "store": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}}))
+            .unwrap();
+        let StoreConfig::Etcd(e) = c.store else {
+            panic!()
+        };
+        assert_eq!(e.prefix, "/weft-ipam");
+        assert_eq!(e.timeout, Duration::from_secs(5));
+    }
+}

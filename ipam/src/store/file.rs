@@ -1,0 +1,521 @@
+//! The embedded store: one pool file per network, no daemon, no setup.
+//!
+//! Layout under the store dir (default `/var/lib/cni/weft-ipam`, mode 0700):
+//! ```text
+//! <network>/lock       flock(2) target, never deleted (deleting a lock file races its users)
+//! <network>/pool       every reservation of the network, sorted by address (0600)
+//! <network>/pool.tmp   the next version being written (0600)
+//! ```
+//! `pool` is text, one reservation per line, between a header and a trailer that carries the
+//! line count, so a truncated file is detected instead of silently losing reservations:
+//! ```text
+//! weft-ipam pool v1
+//! 10.1.0.2 <containerID> <ifname>
+//! end 1
+//! ```
+//!
+//! **One verb = one transaction**: take `flock(LOCK_EX)` on `lock` (released by the kernel when
+//! the process dies, so a `kill -9` never leaves a stale lock), read `pool` into a `BTreeMap`,
+//! decide with [`Pool::plan`], write `pool.tmp`, `fdatasync` it, `rename` it over `pool`.
+//! rename(2) is atomic, so every reader sees either the old or the new pool; a process killed
+//! at any point leaves at worst a stale `pool.tmp` (overwritten by the next writer) and
+//! possibly a reservation whose result was never printed (freed by DEL or GC). Duplicates are
+//! impossible because every decision is made on the latest pool under the exclusive lock.
+//!
+//! **Cost per verb**: one open+flock, one read of this network's pool (~60 bytes per
+//! reservation: 60 KB at 1,000 pods), an in-memory decision that walks only the leading run of
+//! occupied addresses of the range (`O(log n)` to seek, no directory scan, no per-address files:
+//! host-local opens one file per address on DEL), one write + fdatasync + rename. The directory
+//! is not fsynced after the rename: after a power loss the worst case is the previous pool,
+//! which only lacks reservations of containers that did not survive the reboot either.
+//!
+//! This store carries its own small flock/atomic-write helpers (the `host` crate was being
+//! written at the same time); they can move there later.
+
+use super::{Claim, Owner, Pool, Store};
+use crate::config::validate_network_name;
+use conf::{code, Error, Result};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "weft-ipam pool v1";
+
+pub struct FileStore {
+    /// `<store dir>/<network>`
+    dir: PathBuf,
+}
+
+/// An open, locked lock file; the lock is released when it is dropped (or the process dies).
+pub struct Locked(#[allow(dead_code)] File);
+
+/// Creates the parent directory (0700) and the lock file (0600) if needed, then flock()s it.
+/// Blocking: the kernel drops the lock of a dead holder, so waiting never deadlocks on a crash.
+pub fn lock_file(path: &Path, exclusive: bool) -> Result<Locked> {
+    let file = open_lock(path)?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(Locked(file));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(io_err("cannot lock", path, e));
+        }
+    }
+}
+
+static ALARM_FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_alarm(_: libc::c_int) {
+    ALARM_FIRED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Exclusive lock, waiting at most `timeout`; `None` if it was not obtained in time.
+///
+/// The wait is a blocking flock(2) interrupted by a one-shot SIGALRM sent to this thread only
+/// (handler installed without SA_RESTART, restored afterwards): waiters sleep in the kernel
+/// instead of polling, which matters when a node starts a hundred pods at once.
+/// `ALARM_FIRED` is process-wide: one caller at a time per process (each exec does one verb).
+pub fn lock_file_within(path: &Path, timeout: std::time::Duration) -> Result<Option<Locked>> {
+    use std::sync::atomic::Ordering;
+    let file = open_lock(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on our own descriptor.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(Locked(file)));
+    }
+    ALARM_FIRED.store(false, Ordering::SeqCst);
+    // SAFETY: plain libc calls with zero-initialised, fully set structs; the handler only
+    // stores to an atomic (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_alarm as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGALRM, &sa, &mut old);
+        // A POSIX timer aimed at this thread (SIGEV_THREAD_ID), so the signal interrupts our
+        // flock even when other threads exist (test harness, a runtime's helpers).
+        let mut sev: libc::sigevent = std::mem::zeroed();
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGALRM;
+        sev.sigev_notify_thread_id = libc::gettid();
+        let mut timer: libc::timer_t = std::mem::zeroed();
+        if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::sigaction(libc::SIGALRM, &old, std::ptr::null_mut());
+            return Err(io_err("cannot create lock timer for", path, e));
+        }
+        let mut spec: libc::itimerspec = std::mem::zeroed();
+        spec.it_value.tv_sec = timeout.as_secs() as libc::time_t;
+        spec.it_value.tv_nsec = timeout.subsec_nanos().max(1) as libc::c_long;
+        libc::timer_settime(timer, 0, &spec, std::ptr::null_mut());
+        let outcome = loop {
+            if libc::flock(fd, libc::LOCK_EX) == 0 {
+                break Ok(true);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                break Err(e);
+            }
+            if ALARM_FIRED.load(Ordering::SeqCst) {
+                break Ok(false);
+            }
+        };
+        libc::timer_delete(timer);
+        libc::sigaction(libc::SIGALRM, &old, std::ptr::null_mut());
+        match outcome {
+            Ok(true) => Ok(Some(Locked(file))),
+            Ok(false) => Ok(None),
+            Err(e) => Err(io_err("cannot lock", path, e)),
+        }
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_err("cannot create store directory", dir, e))?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io_err("cannot open lock file", path, e))
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("{what} {}: {e}", path.display()))
+}
+
+impl FileStore {
+    /// Cheap: touches nothing until a verb runs.
+    pub fn new(store_dir: &Path, network: &str) -> Result<FileStore> {
+        validate_network_name(network)?;
+        Ok(FileStore {
+            dir: store_dir.join(network),
+        })
+    }
+
+    pub fn pool_path(&self) -> PathBuf {
+        self.dir.join("pool")
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<Locked> {
+        lock_file(&self.dir.join("lock"), exclusive)
+    }
+
+    /// Reads the pool; a missing file is an empty pool. Call with the lock held.
+    fn load(&self) -> Result<Pool> {
+        let path = self.pool_path();
+        let mut text = String::new();
+        match File::open(&path) {
+            Ok(mut f) => f
+                .read_to_string(&mut text)
+                .map_err(|e| io_err("cannot read", &path, e))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Pool::default()),
+            Err(e) => return Err(io_err("cannot open", &path, e)),
+        };
+        parse(&text).map_err(|why| {
+            Error::new(
+                code::STATE,
+                format!("pool file {} is corrupt: {why}", path.display()),
+            )
+        })
+    }
+
+    /// Replaces the pool atomically: write temp, fdatasync, rename. Call with the lock held.
+    fn save(&self, pool: &Pool) -> Result<()> {
+        let tmp = self.dir.join("pool.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| io_err("cannot create", &tmp, e))?;
+        f.write_all(render(pool).as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| io_err("cannot write", &tmp, e))?;
+        drop(f);
+        test_pause();
+        fs::rename(&tmp, self.pool_path())
+            .map_err(|e| io_err("cannot replace", &self.pool_path(), e))
+    }
+
+    /// A consistent snapshot of every reservation (for tests, `weft inspect`).
+    pub fn list(&self) -> Result<Pool> {
+        let _lock = self.lock(false)?;
+        self.load()
+    }
+
+    /// Runs `f` on the pool under the exclusive lock and saves the pool if `f` says it changed.
+    fn transact<T>(&self, f: impl FnOnce(&mut Pool) -> Result<(T, bool)>) -> Result<T> {
+        let _lock = self.lock(true)?;
+        test_pause();
+        let mut pool = self.load()?;
+        let (out, changed) = f(&mut pool)?;
+        if changed {
+            self.save(&pool)?;
+        }
+        test_pause();
+        Ok(out)
+    }
+}
+
+impl Store for FileStore {
+    fn reserve(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Vec<IpAddr>> {
+        self.transact(|pool| {
+            let plan = pool.plan(owner, claims)?;
+            for ip in &plan.new {
+                pool.map.insert(*ip, owner.clone());
+            }
+            Ok((plan.addrs, !plan.new.is_empty()))
+        })
+    }
+
+    fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        self.transact(|pool| {
+            let mine = pool.owned_by(owner);
+            for ip in &mine {
+                pool.map.remove(ip);
+            }
+            let changed = !mine.is_empty();
+            Ok((mine, changed))
+        })
+    }
+
+    fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        Ok(self.list()?.owned_by(owner))
+    }
+
+    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
+        self.transact(|pool| {
+            let mut freed = Vec::new();
+            pool.map.retain(|ip, owner| {
+                let k = keep.contains(owner);
+                if !k {
+                    freed.push((*ip, owner.clone()));
+                }
+                k
+            });
+            let changed = !freed.is_empty();
+            Ok((freed, changed))
+        })
+    }
+
+    /// Writable = the directory can be created and the lock file opened for writing and locked.
+    fn status(&self) -> Result<()> {
+        self.lock(true).map(drop)
+    }
+}
+
+/// Debug builds only: `WEFT_IPAM_TEST_STEP_DELAY_US` widens the steps of a transaction so the
+/// kill -9 test lands SIGKILLs inside it (locked, temp written, renamed), not only around it.
+#[cfg(debug_assertions)]
+fn test_pause() {
+    if let Some(us) = std::env::var("WEFT_IPAM_TEST_STEP_DELAY_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_micros(us));
+    }
+}
+#[cfg(not(debug_assertions))]
+fn test_pause() {}
+
+fn render(pool: &Pool) -> String {
+    let mut s = String::with_capacity(32 + pool.map.len() * 64);
+    s.push_str(HEADER);
+    s.push('\n');
+    for (ip, o) in &pool.map {
+        let _ = writeln!(s, "{ip} {} {}", o.container_id, o.ifname);
+    }
+    let _ = writeln!(s, "end {}", pool.map.len());
+    s
+}
+
+fn parse(text: &str) -> std::result::Result<Pool, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(format!("first line is not {HEADER:?}"));
+    }
+    let mut pool = Pool::default();
+    for (n, line) in lines.enumerate() {
+        if let Some(count) = line.strip_prefix("end ") {
+            if count.parse::<usize>() != Ok(pool.map.len()) {
+                return Err(format!(
+                    "trailer says {count} reservations, found {}",
+                    pool.map.len()
+                ));
+            }
+            return Ok(pool);
+        }
+        let mut f = line.split(' ');
+        let (Some(ip), Some(cid), Some(ifname), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(format!(
+                "line {}: expected \"<address> <containerID> <ifname>\"",
+                n + 2
+            ));
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("line {}: bad address {ip:?}", n + 2))?;
+        let owner = Owner::new(cid, ifname).map_err(|e| format!("line {}: {}", n + 2, e.msg))?;
+        if pool.map.insert(ip, owner).is_some() {
+            return Err(format!("line {}: {ip} listed twice", n + 2));
+        }
+    }
+    Err("no trailer (truncated file)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::{Range, RangeSpec};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn range(s: &str) -> Range {
+        Range::new(&RangeSpec {
+            range: s.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+    fn owner(c: &str) -> Owner {
+        Owner::new(c, "eth0").unwrap()
+    }
+
+    #[test]
+    fn reserve_release_roundtrip_and_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path(), "net1").unwrap();
+        let (v4, v6) = (range("10.0.0.0/24"), range("fd00::/120"));
+        let claims = [
+            Claim {
+                range: &v4,
+                want: None,
+            },
+            Claim {
+                range: &v6,
+                want: None,
+            },
+        ];
+        let a = store.reserve(&owner("a"), &claims).unwrap();
+        let b = store.reserve(&owner("b"), &claims).unwrap();
+        assert_eq!(
+            a,
+            vec![
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            b,
+            vec![
+                "10.0.0.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            store.reserve(&owner("a"), &claims).unwrap(),
+            a,
+            "idempotent"
+        );
+        let mode = fs::metadata(store.pool_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(store.release(&owner("a")).unwrap(), a);
+        assert!(
+            store.release(&owner("a")).unwrap().is_empty(),
+            "second DEL frees nothing"
+        );
+        assert_eq!(store.held(&owner("b")).unwrap(), b, "b untouched");
+        // The lowest free address is reused.
+        assert_eq!(store.reserve(&owner("c"), &claims).unwrap(), a);
+    }
+
+    #[test]
+    fn all_or_nothing_when_one_range_is_exhausted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path(), "net1").unwrap();
+        let (v4, tiny) = (range("10.0.0.0/24"), range("10.9.0.0/30"));
+        let claims = [
+            Claim {
+                range: &v4,
+                want: None,
+            },
+            Claim {
+                range: &tiny,
+                want: None,
+            },
+        ];
+        store.reserve(&owner("a"), &claims).unwrap();
+        let e = store.reserve(&owner("b"), &claims).unwrap_err();
+        assert_eq!(e.code, 104);
+        assert!(store.held(&owner("b")).unwrap().is_empty());
+        assert_eq!(store.list().unwrap().map.len(), 2);
+    }
+
+    #[test]
+    fn retain_frees_only_unlisted_owners() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path(), "n").unwrap();
+        let r = range("10.0.0.0/24");
+        for c in ["a", "b", "c"] {
+            store
+                .reserve(
+                    &owner(c),
+                    &[Claim {
+                        range: &r,
+                        want: None,
+                    }],
+                )
+                .unwrap();
+        }
+        let keep: HashSet<Owner> = [owner("b")].into();
+        let freed = store.retain(&keep).unwrap();
+        assert_eq!(freed.len(), 2);
+        assert_eq!(store.list().unwrap().owned_by(&owner("b")).len(), 1);
+        assert_eq!(store.list().unwrap().map.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_or_truncated_pool_is_a_clear_error_not_an_empty_pool() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path(), "n").unwrap();
+        let r = range("10.0.0.0/24");
+        store
+            .reserve(
+                &owner("a"),
+                &[Claim {
+                    range: &r,
+                    want: None,
+                }],
+            )
+            .unwrap();
+        let text = fs::read_to_string(store.pool_path()).unwrap();
+        let cut = text.trim_end().rsplit_once('\n').unwrap().0.to_string();
+        fs::write(store.pool_path(), cut).unwrap();
+        let e = store
+            .reserve(
+                &owner("b"),
+                &[Claim {
+                    range: &r,
+                    want: None,
+                }],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, code::STATE);
+        assert!(e.msg.contains("truncated"), "{}", e.msg);
+        assert!(parse("weft-ipam pool v1\n10.0.0.2 a eth0\n10.0.0.2 b eth0\nend 2\n").is_err());
+        assert!(parse("weft-ipam pool v1\n10.0.0.2 ../x eth0\nend 1\n").is_err());
+    }
+
+    #[test]
+    fn lock_within_times_out_then_succeeds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("sub/l.lock");
+        let held = lock_file(&path, true).unwrap();
+        // A second open file description conflicts even within one process.
+        let r = lock_file_within(&path, std::time::Duration::from_millis(100)).unwrap();
+        assert!(r.is_none(), "must not get a lock someone holds");
+        drop(held);
+        assert!(
+            lock_file_within(&path, std::time::Duration::from_millis(100))
+                .unwrap()
+                .is_some()
+        );
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn network_name_cannot_escape_the_store_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(FileStore::new(tmp.path(), "../x").is_err());
+        assert!(FileStore::new(tmp.path(), "a/b").is_err());
+    }
+}

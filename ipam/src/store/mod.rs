@@ -1,0 +1,227 @@
+//! Reservation stores. A reservation maps one address to its owner `{containerID, ifname}`.
+//!
+//! Both stores share the decision logic in [`Pool::plan`] (idempotency, static requests,
+//! lowest free address) and differ only in how they make the decision stick:
+//! - [`file`]: one pool file per network, read and rewritten atomically under `flock`.
+//! - [`etcd`]: one key per address, claimed with create-if-absent transactions; no lock.
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod file;
+
+use crate::config::StoreConfig;
+use crate::range::Range;
+use conf::{Error, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+/// Who holds an address. Both parts are validated before they reach a file or a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Owner {
+    pub fn new(container_id: &str, ifname: &str) -> Result<Owner> {
+        conf::env::validate_container_id(container_id)?;
+        conf::env::validate_ifname(ifname)?;
+        Ok(Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+/// One address wanted from one range: any free one (lowest first) or a specific one.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub range: &'a Range,
+    pub want: Option<IpAddr>,
+}
+
+/// What a store does. Every method is one atomic step against the store.
+pub trait Store {
+    /// One address per claim for `owner`, all or nothing. Idempotent: addresses the owner
+    /// already holds in a claimed range are returned again.
+    fn reserve(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Vec<IpAddr>>;
+    /// Frees every address `owner` holds; returns them (empty when nothing was held).
+    fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>>;
+    /// The addresses `owner` holds.
+    fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>>;
+    /// Frees every reservation whose owner is not in `keep`; returns what was freed.
+    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>>;
+    /// Reachable and writable (the caller maps a failure to STATUS code 50).
+    fn status(&self) -> Result<()>;
+}
+
+/// Opens the store a config names, for one network.
+pub fn open(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
+    match cfg {
+        StoreConfig::File { dir } => Ok(Box::new(file::FileStore::new(dir, network)?)),
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd(e) => Ok(Box::new(etcd::EtcdStore::new(e, network)?)),
+        #[cfg(not(feature = "etcd"))]
+        StoreConfig::Etcd(_) => Err(Error::invalid_config(
+            "this weft-ipam was built without the etcd store",
+        )),
+    }
+}
+
+/// A set of reservations (all of a network, or the part a decision needs) in address order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pool {
+    pub map: BTreeMap<IpAddr, Owner>,
+}
+
+/// The outcome of [`Pool::plan`]: one address per claim, and whether it is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub addrs: Vec<IpAddr>,
+    pub new: Vec<IpAddr>,
+}
+
+impl Pool {
+    /// Decides the addresses for `claims` without changing the pool. Errors: a wanted address
+    /// held by someone else (11: it may be freed soon), a different address already held in
+    /// the same range (7), exhaustion (104).
+    pub fn plan(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Plan> {
+        let mut plan = Plan {
+            addrs: Vec::with_capacity(claims.len()),
+            new: Vec::new(),
+        };
+        for claim in claims {
+            let r = claim.range;
+            let mine = self
+                .map
+                .range(r.start..=r.end)
+                .find(|(_, o)| *o == owner)
+                .map(|(ip, _)| *ip);
+            let addr = match (mine, claim.want) {
+                (Some(have), Some(want)) if have != want => {
+                    return Err(Error::invalid_config(format!(
+                        "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
+                        r.start, r.end
+                    )))
+                }
+                (Some(have), _) => have,
+                (None, Some(want)) => match self.map.get(&want) {
+                    Some(other) => {
+                        return Err(Error::try_again(format!(
+                            "requested address {want} is held by another container ({other})"
+                        )))
+                    }
+                    None => {
+                        plan.new.push(want);
+                        want
+                    }
+                },
+                (None, None) => {
+                    let held = self.map.range(r.start..=r.end).map(|(ip, _)| *ip);
+                    let ip = r.lowest_free(held).ok_or_else(|| exhausted(r))?;
+                    plan.new.push(ip);
+                    ip
+                }
+            };
+            plan.addrs.push(addr);
+        }
+        Ok(plan)
+    }
+
+    pub fn owned_by(&self, owner: &Owner) -> Vec<IpAddr> {
+        self.map
+            .iter()
+            .filter(|(_, o)| *o == owner)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+}
+
+pub fn exhausted(r: &Range) -> Error {
+    Error::new(
+        conf::code::POOL_EXHAUSTED,
+        format!(
+            "address pool {}-{} ({}) is exhausted",
+            r.start, r.end, r.subnet
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::RangeSpec;
+
+    fn range(s: &str) -> Range {
+        Range::new(&RangeSpec {
+            range: s.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn plan_is_idempotent_and_respects_other_owners() {
+        let r = range("10.0.0.0/29");
+        let a = Owner::new("a", "eth0").unwrap();
+        let b = Owner::new("b", "eth0").unwrap();
+        let mut pool = Pool::default();
+        let claims = [Claim {
+            range: &r,
+            want: None,
+        }];
+        let p = pool.plan(&a, &claims).unwrap();
+        assert_eq!(p.addrs, vec![ip("10.0.0.2")]);
+        pool.map.insert(p.addrs[0], a.clone());
+        let again = pool.plan(&a, &claims).unwrap();
+        assert_eq!((again.addrs, again.new), (vec![ip("10.0.0.2")], vec![]));
+        assert_eq!(pool.plan(&b, &claims).unwrap().addrs, vec![ip("10.0.0.3")]);
+        let e = pool
+            .plan(
+                &b,
+                &[Claim {
+                    range: &r,
+                    want: Some(ip("10.0.0.2")),
+                }],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, conf::code::TRY_AGAIN);
+    }
+
+    #[test]
+    fn exhaustion_is_104() {
+        let r = range("10.0.0.0/30");
+        let mut pool = Pool::default();
+        pool.map
+            .insert(ip("10.0.0.2"), Owner::new("a", "eth0").unwrap());
+        let e = pool
+            .plan(
+                &Owner::new("b", "eth0").unwrap(),
+                &[Claim {
+                    range: &r,
+                    want: None,
+                }],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 104);
+        assert!(e.msg.contains("exhausted"), "{}", e.msg);
+    }
+
+    #[test]
+    fn owner_rejects_path_tricks() {
+        assert!(Owner::new("../etc", "eth0").is_err());
+        assert!(Owner::new("abc", "eth0/x").is_err());
+        assert!(Owner::new("abc", "a b").is_err());
+        assert!(Owner::new("abc", "0123456789abcdef").is_err());
+    }
+}
