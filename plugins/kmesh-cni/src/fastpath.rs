@@ -99,6 +99,8 @@ pub fn detach(
     pin_root: &bpf::PinRoot,
     record: &Record,
 ) -> Result<()> {
+    // Map entries live in the pinned maps: if the pin root is gone (bpffs remounted, operator
+    // rm), so are they, and opening would only create empty maps.
     if pin_root.path().exists() {
         let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
         for ep in &record.endpoints {
@@ -111,13 +113,15 @@ pub fn detach(
                 .remove(cookie)
                 .map_err(|e| from_bpf("unenrol", e))?;
         }
-        match &record.attachment {
-            Some(att) => bpf::detach(pin_root, att),
-            // Crashed between recording intent and attaching: clear whatever may be there.
-            None => bpf::detach_key(pin_root, &record.attach_key, Some(&record.host_veth)),
-        }
-        .map_err(|e| from_bpf("detach", e))?;
     }
+    // The program itself must go whatever the pins say: a legacy tc filter lives on the veth,
+    // not in bpffs, and nothing could find it again once the record is dropped.
+    match &record.attachment {
+        Some(att) => bpf::detach(pin_root, att),
+        // Crashed between recording intent and attaching: clear whatever may be there.
+        None => bpf::detach_key(pin_root, &record.attach_key, Some(&record.host_veth)),
+    }
+    .map_err(|e| from_bpf("detach", e))?;
     store.remove(key)?;
     Ok(())
 }
