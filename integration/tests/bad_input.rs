@@ -105,7 +105,7 @@ fn cases(k: &Kmesh) -> Vec<Case> {
             INVALID_ENV,
         ));
     }
-    let gc_conf = bytes(&json!({"cniVersion": "1.1.0", "name": "weft-test", "type": "kmesh-cni"}));
+    let gc_conf = bytes(&k.base_conf("1.1.0"));
     c.push(case(
         "GC missing CNI_PATH",
         k.env_global("GC").unset("CNI_PATH"),
@@ -153,7 +153,7 @@ fn cases(k: &Kmesh) -> Vec<Case> {
     }
     for verb in ["GC", "STATUS"] {
         for version in ["1.0.0", "0.4.0"] {
-            let conf = json!({"cniVersion": version, "name": "weft-test", "type": "kmesh-cni"});
+            let conf = k.base_conf(version);
             c.push(case(
                 format!("{verb} at {version}"),
                 k.env_global(verb),

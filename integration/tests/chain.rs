@@ -2,9 +2,12 @@
 //! conflist version libcni 1.1.2 speaks. kmesh-cni must hand the bridge result through
 //! unchanged, in the conflist's version, and ADD/CHECK/DEL must behave like bridge alone.
 
+mod common;
+
 use std::net::IpAddr;
 use std::path::Path;
 
+use common::bpffs::Isolation;
 use integration::cni::{mask, Cnitool};
 use integration::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
@@ -55,6 +58,8 @@ fn chain_at(version: &str, octet: u8) {
     if !require_netns_env() {
         return;
     }
+    // Dropped last: kmesh-cni pins and records go to this test's own root and state dir.
+    let iso = Isolation::new();
     let cni_path = CniPath::new();
     cni_path.plugin("kmesh-cni");
     let ns = TestNetns::new("weft-chain");
@@ -65,6 +70,7 @@ fn chain_at(version: &str, octet: u8) {
         "CNI_CONTAINERID",
         &format!("weft-chain-{}-{octet}", std::process::id()),
     );
+    tool.set_env("WEFT_STATE_DIR", iso.state_dir());
     let bridge_plugin = |data_dir: &TempDir| {
         json!({
             "type": "bridge",
@@ -95,7 +101,7 @@ fn chain_at(version: &str, octet: u8) {
     tool.write_conflist(&json!({
         "cniVersion": version,
         "name": "weft-chain",
-        "plugins": [bridge_plugin(&data), {"type": "kmesh-cni"}]
+        "plugins": [bridge_plugin(&data), iso.plugin_conf(json!({}))]
     }));
 
     // ADD
@@ -134,6 +140,7 @@ fn chain_at(version: &str, octet: u8) {
         1,
         "host-local reservation"
     );
+    assert_eq!(iso.records().len(), 1, "ADD wrote no kmesh-cni record");
 
     // CHECK: libcni refuses it below 0.4.0 before any plugin runs.
     let check = tool.check("weft-chain", ns.path());
@@ -157,6 +164,16 @@ fn chain_at(version: &str, octet: u8) {
         reservations(data.path(), "weft-chain"),
         Vec::<String>::new(),
         "DEL left a host-local reservation"
+    );
+    assert_eq!(
+        iso.records(),
+        Vec::<String>::new(),
+        "DEL left a kmesh-cni record"
+    );
+    assert_eq!(
+        iso.link_pins(),
+        Vec::<String>::new(),
+        "DEL left a tcx link pin"
     );
     tool.del("weft-chain", ns.path())
         .assert_success("second chain DEL");

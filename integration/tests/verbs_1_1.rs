@@ -42,12 +42,9 @@ fn prev_result_1_1(k: &Kmesh) -> Value {
 }
 
 fn conf_1_1(k: &Kmesh) -> Value {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "weft-test",
-        "type": "kmesh-cni",
-        "prevResult": prev_result_1_1(k),
-    })
+    let mut conf = k.base_conf("1.1.0");
+    conf["prevResult"] = prev_result_1_1(k);
+    conf
 }
 
 #[test]
@@ -74,7 +71,7 @@ fn gc_with_valid_attachments_succeeds() {
         ("cni.dev/attachments", attachments),
         ("cni.dev/valid-attachments", json!([])),
     ] {
-        let mut conf = json!({"cniVersion": "1.1.0", "name": "weft-test", "type": "kmesh-cni"});
+        let mut conf = k.base_conf("1.1.0");
         conf[key] = list;
         let out = k.run_json(&k.env_global("GC"), &conf);
         out.assert_success(&format!("GC with {key}"));
@@ -109,6 +106,12 @@ fn add_check_del_keep_1_1_fields() {
     let out = k.run_json(&k.env("DEL"), &conf);
     out.assert_success("DEL at 1.1.0");
     assert_eq!(out.stdout, "", "DEL must print nothing on success");
+    assert_eq!(k.iso.records(), Vec::<String>::new(), "DEL left a record");
+    assert_eq!(
+        k.iso.link_pins(),
+        Vec::<String>::new(),
+        "DEL left a link pin"
+    );
     let out = k.run_json(&k.env("DEL"), &conf);
     out.assert_success("second DEL at 1.1.0");
 }

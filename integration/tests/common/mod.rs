@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod bpffs;
+pub mod kmesh_net;
+pub mod pods;
+
 use std::path::PathBuf;
 
 use integration::cni::{exec_plugin, PluginEnv};
@@ -11,14 +15,19 @@ use integration::plugins::CniPath;
 use integration::proc::Output;
 use serde_json::{json, Value};
 
+use bpffs::Isolation;
+
 pub struct Kmesh {
     pub bin: PathBuf,
     pub cni_path: CniPath,
     pub container_id: String,
     pub host_veth: String,
-    // Field order is drop order: the veth goes before its netns.
+    // Field order is drop order: the veth goes before its netns, the pins after both.
     _veth: HostLink,
     pub ns: TestNetns,
+    /// This fixture's own pinRoot and WEFT_STATE_DIR: nothing lands in /sys/fs/bpf/weft or
+    /// /var/lib/cni, and everything goes away with the fixture.
+    pub iso: Isolation,
 }
 
 impl Kmesh {
@@ -36,6 +45,7 @@ impl Kmesh {
             host_veth,
             _veth: veth,
             ns,
+            iso: Isolation::new(),
         }
     }
 
@@ -48,11 +58,24 @@ impl Kmesh {
             "eth0",
             self.cni_path.path_str(),
         )
+        .set("WEFT_STATE_DIR", self.iso.state_dir())
     }
 
     /// The env of GC / STATUS: no container, netns or ifname.
     pub fn env_global(&self, verb: &str) -> PluginEnv {
-        PluginEnv::command(verb).set("CNI_PATH", self.cni_path.path_str())
+        PluginEnv::command(verb)
+            .set("CNI_PATH", self.cni_path.path_str())
+            .set("WEFT_STATE_DIR", self.iso.state_dir())
+    }
+
+    /// A kmesh-cni config without prevResult, pinned under this fixture's own root.
+    pub fn base_conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "weft-test",
+            "type": "kmesh-cni",
+            "pinRoot": self.iso.pin_root_str(),
+        })
     }
 
     pub fn run(&self, env: &PluginEnv, stdin: &[u8]) -> Output {
@@ -83,11 +106,8 @@ impl Kmesh {
 
     /// A chained config for kmesh-cni with a prevResult of the same version.
     pub fn conf(&self, version: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": "weft-test",
-            "type": "kmesh-cni",
-            "prevResult": self.prev_result(version),
-        })
+        let mut conf = self.base_conf(version);
+        conf["prevResult"] = self.prev_result(version);
+        conf
     }
 }

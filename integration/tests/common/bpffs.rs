@@ -1,0 +1,260 @@
+//! Isolation for tests that run kmesh-cni: every test gets its own pin root on bpffs and its own
+//! `WEFT_STATE_DIR`, so tests never share (or leave behind) maps, programs, tcx links or records
+//! in /sys/fs/bpf/weft and /var/lib/cni. Readers for what kmesh-cni left there go through
+//! `bpftool`, the tool an operator would use, not through our own bpf crate.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use integration::proc::cmd;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// The directory under which every test pin root is created (a bpffs mount).
+const BPFFS: &str = "/sys/fs/bpf";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's private pin root and state dir. Both are removed on drop, also while a failing
+/// test unwinds. Removing the pins detaches every tcx link pinned there and frees the maps and
+/// program once nothing else holds them (legacy tc filters go with the veths they sit on).
+pub struct Isolation {
+    pin_root: PathBuf,
+    state: TempDir,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin_root = Path::new(BPFFS).join(format!("weft-it-{}-{n}", std::process::id()));
+        // A leftover from a crashed run with the same pid would make counters meaningless.
+        remove_tree(&pin_root);
+        Isolation {
+            pin_root,
+            state: tempfile::Builder::new()
+                .prefix("weft-state-")
+                .tempdir()
+                .expect("create WEFT_STATE_DIR temp dir"),
+        }
+    }
+
+    /// The `pinRoot` to put in kmesh-cni's config (kmesh-cni creates it on first use).
+    pub fn pin_root(&self) -> &Path {
+        &self.pin_root
+    }
+
+    pub fn pin_root_str(&self) -> &str {
+        self.pin_root.to_str().expect("UTF-8 pin root")
+    }
+
+    /// The value of `WEFT_STATE_DIR` for kmesh-cni (records live in `<dir>/kmesh-cni/`).
+    pub fn state_dir(&self) -> &str {
+        self.state.path().to_str().expect("UTF-8 temp dir")
+    }
+
+    /// kmesh-cni's plugin entry for a conflist, with our pin root and `extra` keys merged in.
+    pub fn plugin_conf(&self, extra: Value) -> Value {
+        let mut conf = json!({"type": "kmesh-cni", "pinRoot": self.pin_root_str()});
+        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        conf
+    }
+
+    /// `<WEFT_STATE_DIR>/kmesh-cni/<cid>:<ifname>`.
+    pub fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.state
+            .path()
+            .join("kmesh-cni")
+            .join(format!("{container_id}:{ifname}"))
+    }
+
+    /// The record of one attachment, if present.
+    pub fn record(&self, container_id: &str, ifname: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.record_path(container_id, ifname)).ok()?;
+        Some(serde_json::from_slice(&bytes).expect("record is JSON"))
+    }
+
+    /// Names of every attachment record (`<cid>:<ifname>`), sorted.
+    pub fn records(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.state.path().join("kmesh-cni"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(':'))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Names of the tcx link pins under `<pinRoot>/links/`, sorted.
+    pub fn link_pins(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.pin_root.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn map_pin(&self, name: &str) -> PathBuf {
+        self.pin_root.join(name)
+    }
+
+    /// `bpftool map dump pinned <root>/<name> -j`; an empty list when the map was never pinned.
+    fn dump(&self, name: &str) -> Vec<Value> {
+        let pin = self.map_pin(name);
+        if !pin.exists() {
+            return Vec::new();
+        }
+        let out = cmd(
+            "bpftool",
+            &["-j", "map", "dump", "pinned", pin.to_str().unwrap()],
+        );
+        out.assert_success(&format!("bpftool map dump {}", pin.display()));
+        match out.json() {
+            Value::Array(a) => a,
+            other => panic!("bpftool dump of {name} is not a list: {other}"),
+        }
+    }
+
+    /// The `counters` map summed over all CPUs: field name -> total (all zero before the map
+    /// exists). Needs the map's BTF (bpftool's "formatted" view), which our object carries.
+    pub fn counters(&self) -> Counters {
+        let mut sum = Counters::default();
+        for entry in self.dump("counters") {
+            let per_cpu = entry
+                .pointer("/formatted/values")
+                .and_then(Value::as_array)
+                .unwrap_or_else(|| panic!("counters dump without BTF-formatted values: {entry}"));
+            for cpu in per_cpu {
+                for (field, v) in cpu["value"].as_object().expect("counters value object") {
+                    *sum.0.entry(field.clone()).or_default() +=
+                        v.as_u64().expect("counter is a number");
+                }
+            }
+        }
+        sum
+    }
+
+    /// Every `endpoints` entry.
+    pub fn endpoints(&self) -> Vec<EndpointEntry> {
+        self.dump("endpoints")
+            .iter()
+            .map(|e| {
+                let f = e
+                    .get("formatted")
+                    .unwrap_or_else(|| panic!("endpoints dump without BTF: {e}"));
+                let addr: Vec<u8> = f["key"]["addr"]
+                    .as_array()
+                    .expect("key.addr")
+                    .iter()
+                    .map(|b| b.as_u64().expect("byte") as u8)
+                    .collect();
+                let ip = match f["key"]["family"].as_u64() {
+                    Some(4) => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+                    Some(6) => IpAddr::V6(Ipv6Addr::from(
+                        <[u8; 16]>::try_from(addr.as_slice()).expect("16 bytes"),
+                    )),
+                    other => panic!("endpoint key family {other:?}: {e}"),
+                };
+                EndpointEntry {
+                    ip,
+                    ifindex: f["value"]["ifindex"].as_u64().expect("ifindex") as u32,
+                    flags: f["value"]["flags"].as_u64().expect("flags") as u32,
+                    owner: f["value"]["owner"].as_u64().expect("owner"),
+                }
+            })
+            .collect()
+    }
+
+    /// The `endpoints` entry for `ip`, if any.
+    pub fn endpoint(&self, ip: IpAddr) -> Option<EndpointEntry> {
+        self.endpoints().into_iter().find(|e| e.ip == ip)
+    }
+
+    /// Every `managed` entry: (netns cookie, flags, ifindex).
+    pub fn managed(&self) -> Vec<(u64, u32, u32)> {
+        self.dump("managed")
+            .iter()
+            .map(|e| {
+                let f = e
+                    .get("formatted")
+                    .unwrap_or_else(|| panic!("managed dump without BTF: {e}"));
+                (
+                    f["key"].as_u64().expect("cookie"),
+                    f["value"]["flags"].as_u64().expect("flags") as u32,
+                    f["value"]["ifindex"].as_u64().expect("ifindex") as u32,
+                )
+            })
+            .collect()
+    }
+
+    /// The kernel program id of the tcx link pinned as `links/<pin>` (bpftool link show).
+    pub fn link_prog_id(&self, pin: &str) -> u64 {
+        let path = self.pin_root.join("links").join(pin);
+        let out = cmd(
+            "bpftool",
+            &["-j", "link", "show", "pinned", path.to_str().unwrap()],
+        );
+        out.assert_success(&format!("bpftool link show pinned {}", path.display()));
+        out.json()["prog_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no prog_id for link {pin}: {}", out.stdout))
+    }
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        remove_tree(&self.pin_root);
+        if self.pin_root.exists() {
+            let msg = format!("could not remove test pin root {}", self.pin_root.display());
+            // A second panic while unwinding would abort the whole test binary.
+            if std::thread::panicking() {
+                eprintln!("warning: {msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+/// `rm -rf` for a pin tree (bpffs allows unlink/rmdir of pins and directories).
+fn remove_tree(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("warning: removing {}: {e}", path.display()),
+    }
+}
+
+/// Per-CPU counters summed, by field name of `struct weft_counters`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters(pub std::collections::BTreeMap<String, u64>);
+
+impl Counters {
+    pub fn get(&self, field: &str) -> u64 {
+        self.0.get(field).copied().unwrap_or(0)
+    }
+}
+
+/// One `endpoints` map entry as bpftool shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub ip: IpAddr,
+    pub ifindex: u32,
+    pub flags: u32,
+    pub owner: u64,
+}
