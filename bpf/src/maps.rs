@@ -4,7 +4,7 @@
 use std::{fs, io, net::IpAddr, path::PathBuf};
 
 use aya::{
-    maps::{HashMap, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray},
     programs::SchedClassifier,
     EbpfLoader,
 };
@@ -24,14 +24,23 @@ const PROG_PIN_PREFIX: &str = "prog_redirect_";
 /// created and pinned on first use.
 pub struct Maps {
     pub(crate) root: PinRoot,
-    /// Owns the parsed object; the redirect program is loaded from it on demand.
-    ebpf: aya::Ebpf,
+    /// The parsed object, only when this exec had to create maps or load the program:
+    /// loading runs aya's kernel feature detection (which reads the kernel BTF, ~40 ms), so
+    /// the common exec that finds everything pinned never builds one.
+    ebpf: Option<aya::Ebpf>,
     pub endpoints: Endpoints,
     pub managed: ManagedMap,
     counters: PerCpuArray<MapData, Counters>,
     /// The pinned program, once [`Maps::program`] has run.
     prog: Option<SchedClassifier>,
 }
+
+/// Every map the object defines; all of them pinned means nothing needs creating.
+const MAP_NAMES: [&str; 3] = [
+    layout::MAP_ENDPOINTS,
+    layout::MAP_COUNTERS,
+    layout::MAP_MANAGED,
+];
 
 impl Maps {
     /// Open the pinned maps under `root`, creating and pinning them if absent.
@@ -44,24 +53,37 @@ impl Maps {
         let _lock = root.lock()?;
         check_pinned_layouts(root)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(root.path())
-            .load(objects::REDIRECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
-
-        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(Error::Map {
-                map: name,
-                source: MapError::InvalidName { name: name.into() },
-            })
-        };
         let map_err = |map: &'static str| move |source| Error::Map { map, source };
-        let endpoints = HashMap::try_from(take(&mut ebpf, layout::MAP_ENDPOINTS)?)
-            .map_err(map_err(layout::MAP_ENDPOINTS))?;
-        let managed = HashMap::try_from(take(&mut ebpf, layout::MAP_MANAGED)?)
-            .map_err(map_err(layout::MAP_MANAGED))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, layout::MAP_COUNTERS)?)
-            .map_err(map_err(layout::MAP_COUNTERS))?;
+        let all_pinned = MAP_NAMES.iter().all(|n| root.path().join(n).exists());
+        let (ebpf, endpoints, managed, counters) = if all_pinned {
+            let pinned = |name: &'static str| {
+                MapData::from_pin(root.path().join(name)).map_err(map_err(name))
+            };
+            (
+                None,
+                HashMap::try_from(Map::HashMap(pinned(layout::MAP_ENDPOINTS)?))
+                    .map_err(map_err(layout::MAP_ENDPOINTS))?,
+                HashMap::try_from(Map::HashMap(pinned(layout::MAP_MANAGED)?))
+                    .map_err(map_err(layout::MAP_MANAGED))?,
+                PerCpuArray::try_from(Map::PerCpuArray(pinned(layout::MAP_COUNTERS)?))
+                    .map_err(map_err(layout::MAP_COUNTERS))?,
+            )
+        } else {
+            let mut ebpf = load_object(root)?;
+            let mut take = |name: &'static str| {
+                ebpf.take_map(name).ok_or(Error::Map {
+                    map: name,
+                    source: MapError::InvalidName { name: name.into() },
+                })
+            };
+            let endpoints = HashMap::try_from(take(layout::MAP_ENDPOINTS)?)
+                .map_err(map_err(layout::MAP_ENDPOINTS))?;
+            let managed = HashMap::try_from(take(layout::MAP_MANAGED)?)
+                .map_err(map_err(layout::MAP_MANAGED))?;
+            let counters = PerCpuArray::try_from(take(layout::MAP_COUNTERS)?)
+                .map_err(map_err(layout::MAP_COUNTERS))?;
+            (Some(ebpf), endpoints, managed, counters)
+        };
 
         Ok(Maps {
             root: root.clone(),
@@ -134,8 +156,12 @@ impl Maps {
     }
 
     fn load_and_pin_program(&mut self, pin: &PathBuf) -> Result<SchedClassifier> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
+        if self.ebpf.is_none() {
+            // Maps came from pins; the loader finds them there and binds the program to them.
+            self.ebpf = Some(load_object(&self.root)?);
+        }
+        let ebpf = self.ebpf.as_mut().expect("set above");
+        let prog: &mut SchedClassifier = ebpf
             .program_mut(objects::REDIRECT_PROG)
             .ok_or_else(|| {
                 Error::program(
@@ -167,6 +193,16 @@ impl Maps {
         SchedClassifier::from_pin(pin)
             .map_err(|e| Error::program(format!("open {}", pin.display()), e))
     }
+}
+
+/// Parses the redirect object, creating and pinning its maps under `root` or reusing the pins.
+fn load_object(root: &PinRoot) -> Result<aya::Ebpf> {
+    EbpfLoader::new()
+        // The program uses no CO-RE relocations: no kernel BTF needed.
+        .btf(None)
+        .default_map_pin_directory(root.path())
+        .load(objects::REDIRECT)
+        .map_err(|e| Error::Load(Box::new(e)))
 }
 
 /// Info of the pinned map `name`, `None` if it is not pinned.
