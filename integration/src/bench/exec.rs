@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
+use super::fastpath::PinDir;
 use super::{alternate, Comparison};
 use crate::cni::{exec_plugin_measured, PluginEnv};
 use crate::netns::{unique_ifname, TestNetns};
@@ -37,14 +38,17 @@ fn run_ok(bin: &Path, env: &PluginEnv, stdin: &[u8]) -> Result<Usage> {
     Ok(usage)
 }
 
-fn chained_conf(plugin_type: &str, prev_result: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+fn chained_conf(plugin_type: &str, prev_result: &Value, extra: &Value) -> Vec<u8> {
+    let mut conf = json!({
         "cniVersion": "1.0.0",
         "name": "weft-bench",
         "type": plugin_type,
         "prevResult": prev_result,
-    }))
-    .expect("serialize conf")
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        conf[k] = v.clone();
+    }
+    serde_json::to_vec(&conf).expect("serialize conf")
 }
 
 pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
@@ -89,14 +93,34 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
     let container_id = format!("weft-bench-{}", std::process::id());
     let verb =
         |c: &str| PluginEnv::verb(c, &container_id, ns.path_str(), "eth0", cni_path.path_str());
-    let (add, del) = (verb("ADD"), verb("DEL"));
+    // kmesh-cni attaches for real here: its pins and records go to per-run places, removed
+    // on drop, never the node's /sys/fs/bpf/weft and /var/lib/cni.
+    let pins = PinDir::new("exec")?;
+    let state = tempfile::tempdir().context("state dir")?;
+    let state_dir = state.path().to_str().context("state dir path")?;
+    let (add, del) = (
+        verb("ADD").set("WEFT_STATE_DIR", state_dir),
+        verb("DEL").set("WEFT_STATE_DIR", state_dir),
+    );
     let add_then_del = |bin: &Path, conf: &[u8]| -> Result<Usage> {
         let usage = run_ok(bin, &add, conf).context("ADD")?;
         run_ok(bin, &del, conf).context("DEL")?;
         Ok(usage)
     };
-    let kmesh_conf = chained_conf("kmesh-cni", &prev);
-    let tuning_conf = chained_conf("tuning", &prev);
+    let kmesh_conf = chained_conf("kmesh-cni", &prev, &json!({"pinRoot": pins.path()}));
+    let passthrough_conf = chained_conf("kmesh-cni", &prev, &json!({"mode": "off"}));
+    let tuning_conf = chained_conf("tuning", &prev, &json!({}));
+    // Pass-through (mode off): the contract path alone, what tuning does too.
+    results.push(alternate(
+        "exec-add-passthrough",
+        "kmesh-cni",
+        "tuning",
+        opts.pairs,
+        || add_then_del(&kmesh, &passthrough_conf),
+        || add_then_del(&tuning, &tuning_conf),
+    )?);
+    // Full ADD: veth discovery, tcx attach (~10 ms of it is the kernel's tcx link create),
+    // map entries, record.
     results.push(alternate(
         "exec-add",
         "kmesh-cni",

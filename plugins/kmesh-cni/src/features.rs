@@ -6,6 +6,7 @@
 use crate::config::Mode;
 use conf::{code, Error, Result};
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 #[derive(Serialize, Deserialize)]
@@ -54,7 +55,12 @@ pub fn probed(state_dir: &Path) -> Probed {
         features,
     }) {
         let tmp = state_dir.join(format!(".{CACHE_FILE}.{}", std::process::id()));
-        if std::fs::create_dir_all(state_dir).is_ok()
+        // Same mode as the record store creates it with: this dir also holds the records.
+        let created = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir);
+        if created.is_ok()
             && std::fs::write(&tmp, bytes).is_ok()
             && std::fs::rename(&tmp, &cache).is_err()
         {
