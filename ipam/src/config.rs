@@ -13,6 +13,12 @@
 //! ```
 //! The top-level `range` (if any) is the first range; `ipRanges` entries follow. A `gateway` is
 //! matched to the range whose subnet contains it. Every error is code 7 and names the value.
+//!
+//! `node_slice_size` (`"/26"`, `"26"` or `26`; top level or per `ipRanges` entry) sizes the
+//! per-node blocks of the etcd store (default /26 and /122, see `store::etcd`). A top-level value
+//! applies to every range it fits (subnet prefix <= n <= family bits), so `"/26"` in a dual-stack
+//! config sizes the IPv4 blocks and leaves IPv6 at its default. All ranges of one family must end
+//! up with one size. The file store ignores it.
 
 use crate::range::{Family, Range, RangeSpec};
 use conf::result::{Dns, Route};
@@ -36,6 +42,8 @@ struct RawRange {
     range_end: Option<IpAddr>,
     exclude: Vec<String>,
     gateway: Option<IpAddr>,
+    /// `"/26"`, `"26"` or `26` (whereabouts writes `"/26"`).
+    node_slice_size: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,7 +101,8 @@ pub struct EtcdConfig {
     pub password_file: Option<PathBuf>,
     /// Bound on one whole verb against etcd; past it the verb fails with code 11.
     pub timeout: Duration,
-    /// Node-local directory for the lock that queues this node's own ADDs (see store::etcd).
+    /// Node-local directory (`store.dir`): this node's pool and block list live under
+    /// `<lock_dir>/_etcd/<node>/<network>/` (see store::etcd).
     pub lock_dir: PathBuf,
 }
 
@@ -177,6 +186,9 @@ impl Config {
         // Top-level gateway: attach it to the first range whose subnet contains it.
         let mut ranges = Vec::with_capacity(raws.len());
         let mut top_gw = raw.top.gateway.filter(|_| raw.top.range.is_none());
+        let top_slice = parse_slice(raw.top.node_slice_size.as_ref())?;
+        // The top-level range carries the top-level node_slice_size itself.
+        let mut top_slice_used = raw.top.range.is_some();
         for (i, rr) in raws.iter().enumerate() {
             let text = rr
                 .range
@@ -188,6 +200,7 @@ impl Config {
                 range_end: rr.range_end,
                 exclude: rr.exclude.clone(),
                 gateway: rr.gateway,
+                slice: parse_slice(rr.node_slice_size.as_ref())?,
             };
             if spec.gateway.is_none() {
                 if let Some(gw) = top_gw {
@@ -201,7 +214,27 @@ impl Config {
                     }
                 }
             }
+            // A top-level node_slice_size applies to every range it fits (subnet prefix <= n <=
+            // family bits): "/26" sizes the IPv4 ranges of a dual-stack config, and the IPv6
+            // ones keep their default instead of becoming one huge block.
+            if spec.slice.is_none() {
+                if let Some(n) = top_slice {
+                    let probe = Range::new(&RangeSpec {
+                        gateway: None,
+                        ..spec.clone()
+                    })?;
+                    if n >= probe.subnet.prefix() && n <= probe.family().bits() {
+                        spec.slice = Some(n);
+                        top_slice_used = true;
+                    }
+                }
+            }
             ranges.push(Range::new(&spec)?);
+        }
+        if let (Some(n), false) = (top_slice, top_slice_used) {
+            return Err(bad(format!(
+                "node_slice_size /{n} fits none of the configured ranges"
+            )));
         }
         if let Some(gw) = top_gw {
             return Err(bad(format!(
@@ -210,6 +243,13 @@ impl Config {
         }
         for (i, a) in ranges.iter().enumerate() {
             for b in &ranges[i + 1..] {
+                // Blocks are etcd keys by their start: two sizes in one family would overlap.
+                if a.family() == b.family() && a.slice != b.slice {
+                    return Err(bad(format!(
+                        "ranges {}-{} and {}-{} have different node_slice_size (/{} and /{}); one family needs one block size",
+                        a.start, a.end, b.start, b.end, a.slice, b.slice
+                    )));
+                }
                 if a.family() == b.family() && a.contains(b.start) | b.contains(a.start) {
                     return Err(bad(format!(
                         "ranges {}-{} and {}-{} overlap: a container would get two addresses from one pool",
@@ -247,6 +287,22 @@ impl Config {
             log_level: raw.log_level,
             store: store_config(raw.store.unwrap_or_default())?,
         })
+    }
+}
+
+/// `node_slice_size` as a prefix length: `"/26"`, `"26"` or `26`.
+fn parse_slice(v: Option<&serde_json::Value>) -> Result<Option<u8>> {
+    let Some(v) = v else { return Ok(None) };
+    let n = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().trim_start_matches('/').parse::<u64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if n <= 128 => Ok(Some(n as u8)),
+        _ => Err(bad(format!(
+            "node_slice_size {v} is not a prefix length like \"/26\""
+        ))),
     }
 }
 
@@ -406,6 +462,46 @@ mod tests {
             ),
             (json!({"range": 5}), "invalid weft-ipam config"),
             (json!({"range_start": "10.0.0.1"}), "need a \"range\""),
+        ] {
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{v}");
+            assert!(e.msg.contains(needle), "{v}: {:?} lacks {needle:?}", e.msg);
+        }
+    }
+
+    #[test]
+    fn node_slice_size_per_family() {
+        let c = parse(json!({"range": "10.0.0.0/16", "node_slice_size": "/24",
+                             "ipRanges": [{"range": "fd00::/64"}, {"range": "10.1.0.0/16"}]}))
+        .unwrap();
+        let slices: Vec<u8> = c.ranges.iter().map(|r| r.slice).collect();
+        assert_eq!(slices, vec![24, 122, 24]);
+        let c = parse(json!({"ipRanges": [{"range": "fd00::/64", "node_slice_size": 120}, {"range": "10.1.0.0/30"}]}))
+            .unwrap();
+        let slices: Vec<u8> = c.ranges.iter().map(|r| r.slice).collect();
+        assert_eq!(
+            slices,
+            vec![120, 30],
+            "a subnet smaller than the default is one block"
+        );
+        for (v, needle) in [
+            (
+                json!({"range": "10.0.0.0/24", "node_slice_size": "/16"}),
+                "/16",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "node_slice_size": "big"}),
+                "big",
+            ),
+            (
+                json!({"ipRanges": [{"range": "10.0.0.0/24"}], "node_slice_size": 20}),
+                "fits none",
+            ),
+            (
+                json!({"range": "10.0.0.0/24", "node_slice_size": 28,
+                       "ipRanges": [{"range": "10.1.0.0/24", "node_slice_size": 27}]}),
+                "one block size",
+            ),
         ] {
             let e = parse(v.clone()).unwrap_err();
             assert_eq!(e.code, 7, "{v}");

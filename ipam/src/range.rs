@@ -28,7 +28,7 @@ impl Family {
         }
     }
 
-    fn bits(self) -> u8 {
+    pub fn bits(self) -> u8 {
         match self {
             Family::V4 => 32,
             Family::V6 => 128,
@@ -61,6 +61,53 @@ pub struct Range {
     pub end: IpAddr,
     pub gateway: Option<IpAddr>,
     reserved: Vec<(u128, u128)>,
+    /// Prefix length of the per-node blocks the etcd store hands out (`node_slice_size`).
+    pub slice: u8,
+}
+
+/// Default per-node block: 64 addresses in either family (/26, /122), or the whole subnet
+/// when it is smaller than that.
+pub const DEFAULT_SLICE_V4: u8 = 26;
+pub const DEFAULT_SLICE_V6: u8 = 122;
+
+/// One per-node block of the etcd store: the aligned CIDR `start/prefix` (see `store::etcd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block {
+    pub start: IpAddr,
+    pub prefix: u8,
+}
+
+impl Block {
+    /// First and last address as integers.
+    pub fn span(&self) -> (u128, u128) {
+        span(&IpNetwork::new(self.start, self.prefix).expect("block prefix is valid"))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (lo, hi) = self.span();
+        Family::of(ip) == Family::of(self.start) && (lo..=hi).contains(&to_u128(ip))
+    }
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.start, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Block {
+    type Err = String;
+    /// `a.b.c.d/nn`, which must be the aligned network address of its prefix.
+    fn from_str(s: &str) -> std::result::Result<Block, String> {
+        let net: IpNetwork = s.parse().map_err(|e| format!("bad block {s:?}: {e}"))?;
+        if net.network() != net.ip() {
+            return Err(format!("block {s:?} is not aligned to its prefix"));
+        }
+        Ok(Block {
+            start: net.ip(),
+            prefix: net.prefix(),
+        })
+    }
 }
 
 /// What a config gives for one range, before validation.
@@ -71,6 +118,8 @@ pub struct RangeSpec {
     pub range_end: Option<IpAddr>,
     pub exclude: Vec<String>,
     pub gateway: Option<IpAddr>,
+    /// `node_slice_size` as a prefix length; `None` = the default for the family.
+    pub slice: Option<u8>,
 }
 
 fn bad(msg: String) -> Error {
@@ -217,12 +266,29 @@ impl Range {
             reserved.push((xlo, xhi));
         }
 
+        let default_slice = match family {
+            Family::V4 => DEFAULT_SLICE_V4,
+            Family::V6 => DEFAULT_SLICE_V6,
+        };
+        let slice = match spec.slice {
+            Some(n) if n < subnet.prefix() || n > family.bits() => {
+                return Err(bad(format!(
+                "node_slice_size /{n} does not fit range {name}: it must be between /{} and /{}",
+                subnet.prefix(),
+                family.bits()
+            )))
+            }
+            Some(n) => n,
+            None => default_slice.max(subnet.prefix()),
+        };
+
         let range = Range {
             subnet,
             start,
             end,
             gateway,
             reserved: merge_clip(reserved, lo, hi),
+            slice,
         };
         if range.lowest_free(std::iter::empty()).is_none() {
             return Err(bad(format!(
@@ -252,6 +318,63 @@ impl Range {
     /// A stable identifier for store keys: family, start and end in fixed-width hex.
     pub fn id(&self) -> String {
         format!("{}-{}", key_hex(self.start), key_hex(self.end))
+    }
+
+    /// The aligned block of this range's slice size that holds `ip`.
+    pub fn block_of(&self, ip: IpAddr) -> Block {
+        let net = IpNetwork::new(ip, self.slice).expect("slice fits the family");
+        Block {
+            start: net.network(),
+            prefix: self.slice,
+        }
+    }
+
+    /// This range cut down to `[lo, hi]` (e.g. one block): same subnet, gateway and
+    /// reservations. `None` when nothing in the cut can be handed out.
+    pub fn restrict(&self, lo: u128, hi: u128) -> Option<Range> {
+        let lo = lo.max(to_u128(self.start));
+        let hi = hi.min(to_u128(self.end));
+        if lo > hi {
+            return None;
+        }
+        let family = self.family();
+        let cut = Range {
+            start: from_u128(family, lo),
+            end: from_u128(family, hi),
+            reserved: merge_clip(self.reserved.clone(), lo, hi),
+            ..self.clone()
+        };
+        cut.lowest_free(std::iter::empty()).is_some().then_some(cut)
+    }
+
+    /// The blocks of this range that hold at least one usable address and are not in
+    /// `taken` (block starts), lowest first, at most `limit` of them. Skips a run of taken or
+    /// fully reserved blocks in one step each, so a mostly claimed or excluded IPv6 range costs
+    /// O(taken + limit) steps, never O(blocks).
+    pub fn free_blocks(
+        &self,
+        taken: &std::collections::BTreeSet<IpAddr>,
+        limit: usize,
+    ) -> Vec<Block> {
+        let mut out = Vec::new();
+        let mut cursor = to_u128(self.start);
+        while out.len() < limit {
+            let Some(usable) = self
+                .restrict(cursor, to_u128(self.end))
+                .and_then(|r| r.lowest_free(std::iter::empty()))
+            else {
+                break;
+            };
+            let block = self.block_of(usable);
+            if !taken.contains(&block.start) {
+                out.push(block);
+            }
+            match block.span().1.checked_add(1) {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        out
     }
 
     /// The lowest free address given `held`: the addresses already taken inside this range in
@@ -369,6 +492,7 @@ mod tests {
             range_end: Some(ip("10.0.0.20")),
             exclude: vec!["10.0.0.8/30".into(), "10.0.0.12".into()],
             gateway: None,
+            slice: None,
         };
         let range = Range::new(&spec).unwrap();
         assert_eq!(range.lowest_free([]), Some(ip("10.0.0.13")));

@@ -1,15 +1,18 @@
 //! The etcd store against a real 3-member etcd cluster on loopback (etcd 3.4 from Debian's
-//! etcd-server): simulated nodes exec weft-ipam concurrently with different NODENAMEs.
+//! etcd-server): simulated nodes exec weft-ipam concurrently with different NODENAMEs (each
+//! simulated node keeps its local pool under `<dir>/_etcd/<node>/`).
 
 mod common;
 
 use common::*;
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_ipam::range::parse_key_hex;
 
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
@@ -130,6 +133,24 @@ impl Cluster {
         self.etcdctl(&["endpoint", "health"]).status.success()
     }
 
+    /// Block start -> holding node, from `<prefix>/blocks/`.
+    fn blocks(&self, net: &str) -> HashMap<IpAddr, String> {
+        let o = self.etcdctl(&["get", "--prefix", &format!("/weft-test/{net}/blocks/")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .map(|kv| {
+                let hex = kv[0].rsplit('/').next().unwrap();
+                (
+                    parse_key_hex(hex).unwrap_or_else(|| panic!("bad block key {}", kv[0])),
+                    kv[1].to_string(),
+                )
+            })
+            .collect()
+    }
+
     fn keys(&self, prefix: &str) -> Vec<String> {
         let o = self.etcdctl(&["get", "--prefix", "--keys-only", prefix]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -174,7 +195,7 @@ impl Drop for Cluster {
     }
 }
 
-/// `dir` holds only the node-local ADD queue lock of the etcd store.
+/// `dir` holds the simulated nodes' local pools and block lists (`<dir>/_etcd/<node>/`).
 fn conf(endpoints: &[String], net: &str, timeout_ms: u64, dir: &Path) -> Value {
     json!({"cniVersion": "1.1.0", "name": net, "type": "macvlan",
            "ipam": {"type": "weft-ipam", "range": "10.40.0.0/21", "ipRanges": [{"range": "fd40::/116"}],
@@ -182,11 +203,39 @@ fn conf(endpoints: &[String], net: &str, timeout_ms: u64, dir: &Path) -> Value {
                               "timeout_ms": timeout_ms, "dir": dir}}})
 }
 
+/// Single-stack `range` with per-node blocks of `/slice`.
+fn small_conf(endpoints: &[String], net: &str, range: &str, slice: u8, dir: &Path) -> Value {
+    json!({"cniVersion": "1.1.0", "name": net, "type": "macvlan",
+           "ipam": {"type": "weft-ipam", "range": range, "node_slice_size": format!("/{slice}"),
+                    "store": {"type": "etcd", "endpoints": endpoints, "prefix": "/weft-test",
+                              "timeout_ms": 30_000, "dir": dir}}})
+}
+
 struct Outcome {
     node: usize,
     id: String,
     out: Out,
     took: Duration,
+}
+
+fn add_on(node: usize, id: &str, c: &Value) -> Out {
+    Call::new("ADD", id)
+        .env("NODENAME", &format!("node{node}"))
+        .ipam(c)
+}
+
+/// GC on `node` with an empty valid list: frees all its reservations and releases its blocks.
+fn gc_all(node: usize, c: &Value) {
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    Call {
+        container_id: String::new(),
+        netns: None,
+        ..Call::new("GC", "")
+    }
+    .env("NODENAME", &format!("node{node}"))
+    .ipam(&gc)
+    .ok();
 }
 
 /// `nodes` × `per_node` ADDs, all at once, each a separate weft-ipam process.
@@ -204,9 +253,7 @@ fn storm(
                 handles.push(s.spawn(move || {
                     let id = format!("{tag}-n{n}-{i}");
                     let t = Instant::now();
-                    let out = Call::new("ADD", &id)
-                        .env("NODENAME", &format!("node{n}"))
-                        .ipam(c);
+                    let out = add_on(n, &id, c);
                     Outcome {
                         node: n,
                         id,
@@ -221,8 +268,10 @@ fn storm(
     })
 }
 
-fn assert_unique(outcomes: &[Outcome]) -> HashMap<String, String> {
-    let mut seen: HashMap<String, String> = HashMap::new();
+/// Every ADD succeeded and no address was handed out twice across all nodes. Returns
+/// address -> node.
+fn assert_unique(outcomes: &[Outcome]) -> HashMap<IpAddr, usize> {
+    let mut seen: HashMap<IpAddr, (usize, &str)> = HashMap::new();
     for o in outcomes {
         assert_eq!(
             o.out.code, 0,
@@ -230,12 +279,36 @@ fn assert_unique(outcomes: &[Outcome]) -> HashMap<String, String> {
             o.id, o.out.stdout, o.out.stderr
         );
         for ip in result_ips(&o.out.json()) {
-            if let Some(prev) = seen.insert(ip.clone(), o.id.clone()) {
-                panic!("duplicate address {ip}: {prev} and {}", o.id);
+            let ip: IpAddr = ip.parse().unwrap();
+            if let Some(prev) = seen.insert(ip, (o.node, &o.id)) {
+                panic!("duplicate address {ip}: {} and {}", prev.1, o.id);
             }
         }
     }
-    seen
+    seen.into_iter().map(|(ip, (n, _))| (ip, n)).collect()
+}
+
+/// Every handed-out address lies in a block that etcd says its node holds, and no block
+/// serves two nodes.
+fn assert_blocks_match(cluster: &Cluster, net: &str, addrs: &HashMap<IpAddr, usize>) {
+    let owners = cluster.blocks(net);
+    let mut served: HashMap<IpAddr, HashSet<usize>> = HashMap::new();
+    for (ip, node) in addrs {
+        let slice = if ip.is_ipv4() { 26 } else { 122 };
+        let start = IpNetwork::new(*ip, slice).unwrap().network();
+        served.entry(start).or_default().insert(*node);
+        let holder = owners.get(&start).unwrap_or_else(|| {
+            panic!("{ip} (node{node}) is in block {start}, which no node holds")
+        });
+        assert_eq!(
+            holder,
+            &format!("node{node}"),
+            "{ip} handed out by node{node} lies in {holder}'s block {start}"
+        );
+    }
+    for (start, nodes) in served {
+        assert_eq!(nodes.len(), 1, "block {start} served by nodes {nodes:?}");
+    }
 }
 
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -257,31 +330,37 @@ fn eight_nodes_times_128_concurrent_adds_no_duplicates() {
     let wall = t.elapsed();
     let seen = assert_unique(&outcomes);
     assert_eq!(seen.len(), 1024 * 2);
-    assert_eq!(
-        cluster.keys("/weft-test/storm/ip/").len(),
-        2048,
-        "one ip key per address"
-    );
+    assert_blocks_match(&cluster, "storm", &seen);
     let lat: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
     eprintln!(
-        "FIGURE etcd store: 8x128 concurrent ADDs (1,024 processes) wall {wall:?}, per-ADD p50 {:?} p99 {:?}",
+        "FIGURE etcd store: 8x128 concurrent ADDs (1,024 processes) wall {wall:?}, per-ADD p50 {:?} p99 {:?}, {} blocks claimed",
         percentile(lat.clone(), 0.5),
-        percentile(lat, 0.99)
+        percentile(lat, 0.99),
+        cluster.blocks("storm").len()
     );
 
-    // GC on node0 with an empty valid list frees node0's reservations only.
-    let mut gc = c.clone();
-    gc["cni.dev/valid-attachments"] = json!([]);
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("GC", "")
-    }
-    .env("NODENAME", "node0")
-    .ipam(&gc)
-    .ok();
-    assert_eq!(cluster.keys("/weft-test/storm/ip/").len(), 2048 - 256);
-    // DEL everything else; DEL of an unknown container succeeds.
+    // ADD again is idempotent: the same address, locally.
+    let again = add_on(3, "s-n3-7", &c);
+    let first = outcomes.iter().find(|o| o.id == "s-n3-7").unwrap();
+    assert_eq!(
+        result_ips(&again.ok().json()),
+        result_ips(&first.out.json())
+    );
+
+    // GC on node0 with an empty valid list frees node0's reservations and releases its blocks,
+    // and only those.
+    let before = cluster.blocks("storm");
+    gc_all(0, &c);
+    let after = cluster.blocks("storm");
+    assert!(
+        after.values().all(|n| n != "node0"),
+        "node0 blocks left: {after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        before.values().filter(|n| *n != "node0").count()
+    );
+    // DEL everything else (local: blocks stay), then GC releases every now-empty block.
     std::thread::scope(|s| {
         for o in outcomes.iter().filter(|o| o.node != 0) {
             let c = &c;
@@ -298,6 +377,10 @@ fn eight_nodes_times_128_concurrent_adds_no_duplicates() {
         .env("NODENAME", "node1")
         .ipam(&c)
         .ok();
+    assert_eq!(cluster.blocks("storm").len(), after.len(), "DEL is local");
+    for n in 1..8 {
+        gc_all(n, &c);
+    }
     assert!(
         cluster.keys("/weft-test/storm/").is_empty(),
         "no key left after DEL + GC"
@@ -311,7 +394,10 @@ fn leader_killed_mid_run_still_no_duplicates() {
     }
     let mut cluster = Cluster::start();
     let tmp = state_dir();
-    let c = conf(&cluster.endpoints(), "failover", 60_000, tmp.path());
+    // Small blocks, so that many claims are in flight when the leader dies.
+    let mut c = conf(&cluster.endpoints(), "failover", 60_000, tmp.path());
+    c["ipam"]["node_slice_size"] = json!("/28");
+    c["ipam"]["ipRanges"][0]["node_slice_size"] = json!("/124");
     let victim = cluster.leader();
     let cluster_ref = &mut cluster;
     let first = storm(&c, 8, 48, "a", move || {
@@ -319,19 +405,16 @@ fn leader_killed_mid_run_still_no_duplicates() {
         cluster_ref.kill(victim);
     });
     let mut all = first;
-    // Allocations continue on the two remaining members.
+    // Allocations continue on the two remaining members (new blocks are claimed: /28s fill).
     all.extend(storm(&c, 8, 16, "b", || {}));
     let seen = assert_unique(&all);
     assert_eq!(seen.len(), (8 * 48 + 8 * 16) * 2);
-    let keys: HashSet<String> = cluster
-        .keys("/weft-test/failover/ip/")
-        .into_iter()
-        .collect();
-    assert_eq!(
-        keys.len(),
-        seen.len(),
-        "store holds exactly the handed-out addresses"
-    );
+    let owners = cluster.blocks("failover");
+    for (ip, node) in &seen {
+        let slice = if ip.is_ipv4() { 28 } else { 124 };
+        let start = IpNetwork::new(*ip, slice).unwrap().network();
+        assert_eq!(owners.get(&start), Some(&format!("node{node}")), "{ip}");
+    }
     // CHECK against the surviving members.
     let o = &all[0];
     let mut chk = c.clone();
@@ -339,6 +422,193 @@ fn leader_killed_mid_run_still_no_duplicates() {
     Call::new("CHECK", &o.id)
         .env("NODENAME", &format!("node{}", o.node))
         .ipam(&chk)
+        .ok();
+}
+
+#[test]
+fn two_nodes_never_share_a_block() {
+    if !prerequisites() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let tmp = state_dir();
+    // /28 blocks (14-16 addresses) and 48 racing ADDs per node: ~4 claims per node, all racing
+    // for the lowest free block at the same time.
+    let c = small_conf(
+        &cluster.endpoints(),
+        "share",
+        "10.60.0.0/24",
+        28,
+        tmp.path(),
+    );
+    let seen = assert_unique(&storm(&c, 2, 48, "t", || {}));
+    assert_eq!(seen.len(), 96);
+    let owners = cluster.blocks("share");
+    let mut by_block: HashMap<IpAddr, HashSet<usize>> = HashMap::new();
+    for (ip, node) in &seen {
+        let start = IpNetwork::new(*ip, 28).unwrap().network();
+        by_block.entry(start).or_default().insert(*node);
+        assert_eq!(owners.get(&start), Some(&format!("node{node}")), "{ip}");
+    }
+    assert!(by_block.values().all(|n| n.len() == 1), "{by_block:?}");
+    assert!(owners.values().any(|n| n == "node0") && owners.values().any(|n| n == "node1"));
+    assert!(
+        owners.contains_key(&"10.60.0.0".parse::<IpAddr>().unwrap()),
+        "lowest block claimed"
+    );
+    // A node claims a block only when its blocks are full: its spare addresses are fewer than
+    // one block's worth (.0/28 loses network and gateway, .240/28 the broadcast).
+    for node in ["node0", "node1"] {
+        let usable: usize = owners
+            .iter()
+            .filter(|(_, n)| *n == node)
+            .map(|(start, _)| match start.to_string().as_str() {
+                "10.60.0.0" => 14,
+                "10.60.0.240" => 15,
+                _ => 16,
+            })
+            .sum();
+        assert!(
+            usable >= 48 && usable - 48 < 16,
+            "{node}: {usable} addresses in its blocks for 48 pods"
+        );
+    }
+}
+
+#[test]
+fn block_exhaustion_is_104_and_gc_frees_blocks_for_other_nodes() {
+    if !prerequisites() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let tmp = state_dir();
+    // 10.50.0.0/28 in /30 blocks: .0/30 has .2 .3 (network, gateway), .4/30 and .8/30 four each,
+    // .12/30 has .12-.14 (broadcast): 13 addresses in 4 blocks.
+    let c = small_conf(&cluster.endpoints(), "tiny", "10.50.0.0/28", 30, tmp.path());
+    let mut got: HashMap<IpAddr, usize> = HashMap::new();
+    let mut full = [false, false];
+    let mut i = 0;
+    while !(full[0] && full[1]) {
+        let node = i % 2;
+        let out = add_on(node, &format!("x{i}"), &c);
+        if out.code == 0 {
+            for ip in result_ips(&out.json()) {
+                assert!(
+                    got.insert(ip.parse().unwrap(), node).is_none(),
+                    "duplicate {ip}"
+                );
+            }
+        } else {
+            let msg = out.err(104);
+            assert!(msg.contains("exhausted"), "{msg}");
+            full[node] = true;
+        }
+        i += 1;
+        assert!(i < 40, "never exhausted");
+    }
+    assert_eq!(
+        got.len(),
+        13,
+        "every usable address handed out once: {got:?}"
+    );
+    let owners = cluster.blocks("tiny");
+    assert_eq!(owners.len(), 4);
+    // A full node's ADD for an existing container still succeeds (idempotent, local).
+    add_on(0, "x0", &c).ok();
+    // node0 gives up its pods: GC releases its blocks, and node1 can grow into them.
+    gc_all(0, &c);
+    assert!(cluster.blocks("tiny").values().all(|n| n == "node1"));
+    let out = add_on(1, "after-gc", &c);
+    let ip: IpAddr = result_ips(&out.ok().json())[0].parse().unwrap();
+    assert_eq!(
+        got.get(&ip),
+        Some(&0),
+        "{ip} came from a block node0 released"
+    );
+}
+
+#[test]
+fn static_addresses_follow_block_ownership() {
+    if !prerequisites() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let tmp = state_dir();
+    let c = small_conf(
+        &cluster.endpoints(),
+        "static",
+        "10.70.0.0/24",
+        26,
+        tmp.path(),
+    );
+    // A static address in a free block: node0 claims that block and serves it.
+    let out = Call::new("ADD", "s1")
+        .env("NODENAME", "node0")
+        .args("IP=10.70.0.130")
+        .ipam(&c);
+    assert_eq!(result_ips(&out.ok().json()), ["10.70.0.130"]);
+    assert_eq!(
+        cluster
+            .blocks("static")
+            .get(&"10.70.0.128".parse().unwrap()),
+        Some(&"node0".to_string())
+    );
+    // Another node cannot take an address in node0's block (node0 serves it): 11.
+    let msg = Call::new("ADD", "s2")
+        .env("NODENAME", "node1")
+        .args("IP=10.70.0.131")
+        .ipam(&c)
+        .err(11);
+    assert!(msg.contains("node0"), "{msg}");
+    // node0's next dynamic ADD uses the block it already holds, not the lowest free one.
+    let out = add_on(0, "d1", &c);
+    assert_eq!(result_ips(&out.ok().json()), ["10.70.0.128"]);
+    // node1 gets the lowest free block.
+    let out = add_on(1, "d2", &c);
+    assert_eq!(result_ips(&out.ok().json()), ["10.70.0.2"]);
+    // The same static address for a second container on node0: held, 11.
+    Call::new("ADD", "s3")
+        .env("NODENAME", "node0")
+        .args("IP=10.70.0.130")
+        .ipam(&c)
+        .err(11);
+}
+
+#[test]
+fn etcd_down_local_blocks_still_serve_new_blocks_are_11() {
+    if !prerequisites() {
+        return;
+    }
+    let mut cluster = Cluster::start();
+    let tmp = state_dir();
+    let mut c = small_conf(&cluster.endpoints(), "down", "10.80.0.0/24", 26, tmp.path());
+    c["ipam"]["store"]["timeout_ms"] = json!(1000);
+    add_on(0, "before", &c).ok();
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    // node0 has 60 free addresses in its block: served without etcd.
+    let out = add_on(0, "during", &c);
+    assert_eq!(result_ips(&out.ok().json()), ["10.80.0.3"]);
+    // node1 has no block: it needs etcd, which does not answer within the bound.
+    let t = Instant::now();
+    let msg = add_on(1, "new-node", &c).err(11);
+    eprintln!(
+        "FIGURE etcd down: a node without a block failed with 11 after {:?}: {msg}",
+        t.elapsed()
+    );
+    Call {
+        container_id: String::new(),
+        netns: None,
+        ..Call::new("STATUS", "")
+    }
+    .env("NODENAME", "node0")
+    .ipam(&c)
+    .err(50);
+    // DEL is local and still succeeds.
+    Call::new("DEL", "during")
+        .env("NODENAME", "node0")
+        .ipam(&c)
         .ok();
 }
 
@@ -357,16 +627,36 @@ fn storm_experiment() {
         c["ipam"]["log_file"] = json!(f);
         c["ipam"]["log_level"] = json!("debug");
     }
+    let cpu0 = children_cpu();
     let t = Instant::now();
     let outcomes = storm(&c, nodes, per, "x", || {});
     let wall = t.elapsed();
+    // CPU the ADD processes used (reaped children; the etcd members are still running): with
+    // 2 cores, cpu / 2 is the least wall time any scheduling could achieve.
+    let cpu = children_cpu() - cpu0;
+    eprintln!(
+        "EXP cpu of {} ADD processes: {cpu:?} ({:?} per ADD)",
+        outcomes.len(),
+        cpu / outcomes.len() as u32
+    );
     let failed = outcomes.iter().filter(|o| o.out.code != 0).count();
     let lat: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
     eprintln!(
-        "EXP {nodes}x{per}: wall {wall:?} failed {failed} p50 {:?} p99 {:?}",
+        "EXP {nodes}x{per}: wall {wall:?} failed {failed} p50 {:?} p99 {:?} max {:?} blocks {}",
         percentile(lat.clone(), 0.5),
-        percentile(lat, 0.99)
+        percentile(lat.clone(), 0.99),
+        percentile(lat, 1.0),
+        cluster.blocks("exp").len()
     );
+}
+
+/// User + system CPU time of this process's reaped children.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 #[test]

@@ -1,54 +1,82 @@
-//! The cluster store: reservations in etcd, claimed per address, no lock of any kind.
+//! The cluster store: per-node address blocks claimed in etcd, addresses served node-locally.
 //!
-//! Keys (`<p>` = `store.prefix` + `/` + network; addresses as order-preserving hex, see
-//! [`key_hex`]):
+//! **Blocks.** Each range is cut into aligned blocks of `node_slice_size` (default /26 for IPv4,
+//! /122 for IPv6: 64 addresses; the whole subnet if it is smaller). A node holds a block when it
+//! created its key in etcd (`<p>` = `store.prefix` + `/` + network, addresses as
+//! order-preserving hex, see [`key_hex`]):
 //! ```text
-//! <p>/ip/4-0a140002                           -> "<node> <containerID> <ifname>"
-//! <p>/owner/<node>/<containerID>/<ifname>/4-0a140002 -> ""
+//! <p>/blocks/4-0a280040   -> "node3"          (10.40.0.64/26 belongs to node3)
 //! ```
-//! **ADD** reads the claimed ranges' `ip/` keys (one range read per range, sorted by address),
-//! decides with the same [`Pool::plan`] as the file store, then commits every new address in
-//! ONE transaction: `if create_revision(ip key) == 0 for each new address then put ip keys +
-//! owner keys`. etcd applies transactions serially through raft, so two nodes can never both
-//! create the same ip key: duplicates are impossible without any lock, also when a member dies
-//! mid-run (a transaction is either committed by a quorum or not at all). If the compare fails,
-//! another node won that address: re-read and retry. To keep N racing nodes from all chasing
-//! the same lowest address, retry `k` picks randomly among the lowest `2^(k+2)` free addresses
-//! (capped at 256), so contention resolves in O(log N) rounds while addresses stay packed low.
-//! A failed compare returns the ranges' current keys in its else-branch, so a retry costs one
-//! round trip. A transaction whose reply was lost is found on the next read as "already mine".
+//! The key is the block's own start, not the range's: nodes whose configs differ in
+//! `range_start`/`range_end` still meet on the same keys. A block is claimed with ONE
+//! transaction, `if create_revision(key) == 0 then put(key, node) else get(all block keys of
+//! the range)`. etcd applies transactions serially through raft, so two nodes can never both
+//! create a key: two nodes never hold the same block, also while a member dies (a transaction is
+//! committed by a quorum or not at all). Losers retry with the else-branch's listing, picking
+//! randomly among the lowest `2^attempt` free blocks so N racing nodes spread out in O(log N)
+//! rounds. No lock spans the cluster.
 //!
-//! ADDs of one node queue behind a node-local flock (`<store.dir>/etcd-<node>-<network>.lock`,
-//! default dir `/var/lib/cni/weft-ipam`): only nodes race each other, not every pod of every
-//! node, which keeps retries (and etcd load) low when a node starts many pods at once. It is
-//! not a correctness device: two processes that ignore it still cannot get the same address,
-//! and a process that waited half of `timeout_ms` for it goes ahead without it.
+//! **Addresses.** Inside its blocks a node allocates exactly like the file store (it *is* the
+//! file store: flock + atomic pool file, [`super::file`]), in
+//! `<store.dir>/_etcd/<node>/<network>/` with the list of held blocks next to the pool
+//! ([`super::blocks`]). So most ADDs never touch etcd: one flock, one read, one atomic write.
+//! An address is handed out only from a block in the local list, and the local list only ever
+//! holds blocks this node holds in etcd:
+//! - a block is added to the list after its claim committed;
+//! - GC removes empty blocks from the list first and deletes their keys afterwards
+//!   (`if value == node`), so a crash in between leaves an *orphan* (ours in etcd, not listed);
+//! - an orphan (also: a claim whose reply or local write was lost) is adopted back into the list
+//!   the next time the node needs a block;
+//! - claims, adoptions and releases of one node run under its claim lock
+//!   (`.../claim.lock`), so an adoption never races a release.
 //!
-//! **DEL/GC** list `owner/<node>/...` (this node's reservations only: GC on one node never frees
-//! another node's pods) and delete each ip key only `if value == our owner string`.
+//! Hence duplicates are impossible: two nodes never share a block, and inside a node the pool
+//! file is changed under flock. Requirements: node names are unique (`NODENAME`, else the
+//! hostname) and `node_slice_size` is the same on every node of a network.
 //!
-//! Node identity: `NODENAME`, else the hostname. Every verb is bounded by `store.timeout_ms`
-//! (default 5 s): past it the verb fails with code 11 (STATUS: 50). The tokio runtime is
-//! current-thread and created only when this store is used, so the file path pays nothing.
+//! **ADD** plans against the local pool and block list under the pool lock. If a range needs a
+//! block, the process drops the pool lock (never held across etcd), takes the claim lock and
+//! re-plans (another process of this node usually claimed one meanwhile); only if still needed
+//! does it connect to etcd, claim (or adopt) a block, and then register it and allocate in one
+//! local transaction. No free block in the cluster and the node's blocks full: code 104 (free
+//! addresses in other nodes' blocks are not borrowed). etcd is needed only for a new block: a
+//! node with free addresses in its blocks keeps serving them while etcd is down (safe: a block
+//! stays ours until we release it). When etcd is needed and does not answer within
+//! `store.timeout_ms` (default 5 s), the ADD fails with code 11.
+//!
+//! **Static addresses** (runtimeConfig.ips, `IP=`) are served from the block that holds them:
+//! one of ours, or a free block that this node then claims (and also uses for later ADDs).
+//! An address in another node's block is code 11 (that node serves it; GC releases a block once
+//! it is empty, after which it can move).
+//!
+//! **DEL, CHECK** are local. **GC** frees stale reservations locally, then releases this node's
+//! empty blocks in etcd (best effort: if etcd is down they stay orphans and are adopted later).
+//! **STATUS** needs a linearizable etcd read (code 50 if it fails) and a writable local dir.
+//! The tokio runtime (current-thread) is built only when a verb actually talks to etcd.
 
-use super::file::lock_file_within;
-use super::{Claim, Owner, Plan, Pool, Store};
+use super::blocks::{self, Local, Need, BLOCKS_FILE};
+use super::file::{lock_file_within, FileStore, Locked};
+use super::{Claim, Owner, Pool, Store};
 use crate::config::{validate_network_name, EtcdConfig};
-use crate::range::{key_hex, parse_key_hex, Range};
-use conf::{Error, Result};
+use crate::range::{key_hex, parse_key_hex, Block, Range};
+use conf::{code, Error, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Local plan -> claim lock -> etcd -> register: a few rounds; more means something keeps
+/// taking what we claim (not expected), so give up with 11 rather than loop.
+const MAX_ROUNDS: usize = 8;
 
 pub struct EtcdStore {
     cfg: EtcdConfig,
-    network: String,
     /// `<prefix>/<network>`
     base: String,
     node: String,
-    rt: tokio::runtime::Runtime,
+    /// This node's addresses and block list: `<store.dir>/_etcd/<node>/<network>/`.
+    local: FileStore,
 }
 
 /// The node this process runs on: `NODENAME`, else the kernel hostname.
@@ -72,45 +100,79 @@ fn etcd_err(e: etcd_client::Error) -> Error {
 }
 
 impl EtcdStore {
+    /// Cheap: no etcd connection, no runtime, no file touched until a verb needs them.
     pub fn new(cfg: &EtcdConfig, network: &str) -> Result<EtcdStore> {
         validate_network_name(network)?;
+        let node = node_name()?;
+        // "_etcd" cannot be a network name (those start alphanumeric), so it never meets a
+        // file-store network in the same directory. The node name is part of the path so that
+        // simulated nodes sharing one directory (tests, benches) stay apart.
+        let local = FileStore::new(&cfg.lock_dir.join("_etcd").join(&node), network)?;
+        Ok(EtcdStore {
+            cfg: cfg.clone(),
+            base: format!("{}/{network}", cfg.prefix),
+            node,
+            local,
+        })
+    }
+
+    fn block_key(&self, start: IpAddr) -> String {
+        format!("{}/blocks/{}", self.base, key_hex(start))
+    }
+
+    /// Every block key that can overlap `r`, as a key range `[from, to)`.
+    fn block_keys(&self, r: &Range) -> (String, Vec<u8>) {
+        let from = self.block_key(r.block_of(r.start).start);
+        let to = key_after(&self.block_key(r.block_of(r.end).start));
+        (from, to)
+    }
+
+    fn load_blocks(&self) -> Result<BTreeSet<Block>> {
+        let Some(text) = self.local.read_optional(BLOCKS_FILE)? else {
+            return Ok(BTreeSet::new());
+        };
+        blocks::parse(&text).map_err(|why| {
+            Error::new(
+                code::STATE,
+                format!(
+                    "block list {} is corrupt: {why}",
+                    self.local.dir().join(BLOCKS_FILE).display()
+                ),
+            )
+        })
+    }
+
+    fn save_blocks(&self, list: &BTreeSet<Block>) -> Result<()> {
+        self.local.write_atomic(BLOCKS_FILE, &blocks::render(list))
+    }
+
+    /// The node's claim lock, waited for until `deadline`; past it: code 11.
+    fn claim_lock(&self, deadline: Instant) -> Result<Locked> {
+        let path = self.local.dir().join("claim.lock");
+        let wait = deadline.saturating_duration_since(Instant::now());
+        lock_file_within(&path, wait.max(Duration::from_millis(1)))?.ok_or_else(|| {
+            Error::try_again(format!(
+                "another weft-ipam process of node {} held the block claim lock for {} ms",
+                self.node,
+                self.cfg.timeout.as_millis()
+            ))
+        })
+    }
+
+    /// Runs `f` against etcd, connecting first, bounded by `deadline`; past it: code 11.
+    fn run<T, F: Future<Output = Result<T>>>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(Client) -> F,
+    ) -> Result<T> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let endpoints = self.cfg.endpoints.clone();
+        let opts = self.connect_options()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("cannot start tokio runtime: {e}")))?;
-        Ok(EtcdStore {
-            cfg: cfg.clone(),
-            network: network.to_string(),
-            base: format!("{}/{network}", cfg.prefix),
-            node: node_name()?,
-            rt,
-        })
-    }
-
-    fn ip_key(&self, ip: IpAddr) -> String {
-        format!("{}/ip/{}", self.base, key_hex(ip))
-    }
-
-    fn owner_prefix(&self, owner: Option<&Owner>) -> String {
-        match owner {
-            Some(o) => format!(
-                "{}/owner/{}/{}/{}/",
-                self.base, self.node, o.container_id, o.ifname
-            ),
-            None => format!("{}/owner/{}/", self.base, self.node),
-        }
-    }
-
-    fn owner_value(&self, owner: &Owner) -> String {
-        format!("{} {} {}", self.node, owner.container_id, owner.ifname)
-    }
-
-    /// Runs one verb against etcd within the configured bound; past it: code 11.
-    fn run<T, F: Future<Output = Result<T>>>(&self, f: impl FnOnce(Client) -> F) -> Result<T> {
-        let timeout = self.cfg.timeout;
-        let endpoints = self.cfg.endpoints.clone();
-        let opts = self.connect_options()?;
-        self.rt.block_on(async move {
+        rt.block_on(async move {
             let work = async move {
                 let client = Client::connect(&endpoints, Some(opts))
                     .await
@@ -122,7 +184,7 @@ impl EtcdStore {
                 Err(_) => Err(Error::try_again(format!(
                     "etcd at {} did not answer within {} ms",
                     self.cfg.endpoints.join(","),
-                    timeout.as_millis()
+                    self.cfg.timeout.as_millis()
                 ))),
             }
         })
@@ -145,6 +207,250 @@ impl EtcdStore {
             o = o.with_tls(tls_options(tls)?);
         }
         Ok(o)
+    }
+
+    /// Block starts -> holding node, from a range read of block keys.
+    fn parse_listing(&self, kvs: &[etcd_client::KeyValue], into: &mut BTreeMap<IpAddr, String>) {
+        for item in kvs {
+            let key = String::from_utf8_lossy(item.key());
+            if let Some(start) = key.rsplit('/').next().and_then(parse_key_hex) {
+                into.insert(start, String::from_utf8_lossy(item.value()).into_owned());
+            }
+        }
+    }
+
+    async fn list_blocks(&self, client: &Client, r: &Range) -> Result<BTreeMap<IpAddr, String>> {
+        let (from, to) = self.block_keys(r);
+        let kv = client.kv_client();
+        let resp = retrying(|| {
+            let (from, to, mut kv) = (from.clone(), to.clone(), kv.clone());
+            async move { kv.get(from, Some(GetOptions::new().with_range(to))).await }
+        })
+        .await?;
+        let mut out = BTreeMap::new();
+        self.parse_listing(resp.kvs(), &mut out);
+        Ok(out)
+    }
+
+    /// Gets from etcd what `needs` asks for. Returns the blocks to add to the local list:
+    /// orphans of this node if there are any (adopting them may already serve the ADD; the
+    /// caller re-plans), else one newly claimed block per need. Call with the claim lock held
+    /// and `mine` read under it.
+    fn claim_blocks(
+        &self,
+        needs: &[Need],
+        claims: &[Claim<'_>],
+        mine: &BTreeSet<Block>,
+        deadline: Instant,
+    ) -> Result<Vec<Block>> {
+        let mut seed = (std::process::id() as u64) << 32 | 0x9e37_79b9;
+        self.run(deadline, |client| async move {
+            let mut out: Vec<Block> = Vec::new();
+            for need in needs {
+                let r = claims[need.claim].range;
+                let mut listing = self.list_blocks(&client, r).await?;
+                let mut attempt = 0u32;
+                loop {
+                    let orphans: Vec<Block> = listing
+                        .iter()
+                        .filter(|(_, node)| **node == self.node)
+                        .map(|(start, _)| Block {
+                            start: *start,
+                            prefix: r.slice,
+                        })
+                        .filter(|b| !mine.contains(b) && !out.contains(b))
+                        .collect();
+                    if !orphans.is_empty() {
+                        tracing::warn!(?orphans, "adopting blocks this node holds in etcd but had not listed");
+                        out.extend(orphans);
+                        break;
+                    }
+                    let target = match need.want {
+                        Some(ip) => {
+                            let b = r.block_of(ip);
+                            if let Some(node) = listing.get(&b.start) {
+                                return Err(Error::try_again(format!(
+                                    "requested address {ip} lies in block {b}, which node {node} holds; a static address is served by the node holding its block"
+                                )));
+                            }
+                            b
+                        }
+                        None => {
+                            let taken: BTreeSet<IpAddr> = listing.keys().copied().collect();
+                            let free = r.free_blocks(&taken, 1 << attempt.min(6));
+                            if free.is_empty() {
+                                return Err(blocks_exhausted(r));
+                            }
+                            free[spread(&mut seed, free.len())]
+                        }
+                    };
+                    let key = self.block_key(target.start);
+                    let (from, to) = self.block_keys(r);
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, self.node.clone(), None)])
+                        .or_else([TxnOp::get(from, Some(GetOptions::new().with_range(to)))]);
+                    let mut kv = client.kv_client();
+                    match kv.txn(txn).await {
+                        Ok(resp) if resp.succeeded() => {
+                            tracing::info!(attempt, block = %target, "etcd block claimed");
+                            out.push(target);
+                            break;
+                        }
+                        Ok(resp) => {
+                            tracing::debug!(attempt, block = %target, "block taken by another node, retrying");
+                            listing.clear();
+                            for op in resp.op_responses() {
+                                if let etcd_client::TxnOpResponse::Get(g) = op {
+                                    self.parse_listing(g.kvs(), &mut listing);
+                                }
+                            }
+                        }
+                        Err(e) if is_permanent(&e) => {
+                            return Err(Error::io(format!("etcd refused the request: {e}")))
+                        }
+                        // Unknown outcome (member died, timeout): a fresh listing tells; a
+                        // claim that did commit shows up as an orphan of ours and is adopted.
+                        Err(e) => {
+                            tracing::debug!("etcd txn error, retrying: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            listing = self.list_blocks(&client, r).await?;
+                        }
+                    }
+                    attempt += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// GC's second half: drop this node's empty blocks from the local list, then delete their
+    /// keys (`if value == node`). Best effort: a key left behind is an orphan, adopted later.
+    fn release_empty_blocks(&self) -> Result<Vec<Block>> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let _claim = self.claim_lock(deadline)?;
+        let empty = self.local.transact(|pool| {
+            let mut list = self.load_blocks()?;
+            let empty: Vec<Block> = list
+                .iter()
+                .filter(|b| blocks::used_in(pool, b) == 0)
+                .copied()
+                .collect();
+            if !empty.is_empty() {
+                list.retain(|b| !empty.contains(b));
+                self.save_blocks(&list)?;
+            }
+            Ok((empty, false))
+        })?;
+        if empty.is_empty() {
+            return Ok(empty);
+        }
+        let gone = &empty;
+        self.run(deadline, |client| async move {
+            for b in gone {
+                let key = self.block_key(b.start);
+                let txn = Txn::new()
+                    .when([Compare::value(
+                        key.clone(),
+                        CompareOp::Equal,
+                        self.node.clone(),
+                    )])
+                    .and_then([TxnOp::delete(key, None)]);
+                let kv = client.kv_client();
+                retrying(|| {
+                    let (txn, mut kv) = (txn.clone(), kv.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+            }
+            Ok(())
+        })?;
+        Ok(empty)
+    }
+}
+
+fn blocks_exhausted(r: &Range) -> Error {
+    Error::new(
+        code::POOL_EXHAUSTED,
+        format!(
+            "address pool {}-{} ({}) is exhausted: this node's blocks are full and no free /{} block is left in the cluster",
+            r.start, r.end, r.subnet, r.slice
+        ),
+    )
+}
+
+impl Store for EtcdStore {
+    fn reserve(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Vec<IpAddr>> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut claim_lock: Option<Locked> = None;
+        let mut fresh: Vec<Block> = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let step = self.local.transact(|pool: &mut Pool| {
+                let mut list = self.load_blocks()?;
+                if !fresh.is_empty() {
+                    list.extend(fresh.iter().copied());
+                    self.save_blocks(&list)?;
+                }
+                match blocks::plan(pool, &list, owner, claims)? {
+                    Local::Done(plan) => {
+                        for ip in &plan.new {
+                            pool.map.insert(*ip, owner.clone());
+                        }
+                        Ok((Ok(plan.addrs), !plan.new.is_empty()))
+                    }
+                    Local::Need(needs) => Ok((Err((needs, list)), false)),
+                }
+            })?;
+            fresh.clear();
+            let (needs, mine) = match step {
+                Ok(addrs) => return Ok(addrs),
+                Err(x) => x,
+            };
+            if claim_lock.is_none() {
+                // One process per node talks to etcd for blocks; the others wait here and then
+                // usually find the block it claimed.
+                claim_lock = Some(self.claim_lock(deadline)?);
+                continue;
+            }
+            tracing::debug!(?needs, "node needs blocks from etcd");
+            fresh = self.claim_blocks(&needs, claims, &mine, deadline)?;
+        }
+        Err(Error::try_again(format!(
+            "no block for this ADD after {MAX_ROUNDS} rounds"
+        )))
+    }
+
+    fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        self.local.release(owner)
+    }
+
+    fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        self.local.held(owner)
+    }
+
+    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
+        let freed = self.local.retain(keep)?;
+        match self.release_empty_blocks() {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(?released, "gc released empty blocks")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("gc could not release empty blocks (kept as orphans): {e}"),
+        }
+        Ok(freed)
+    }
+
+    /// A linearizable read needs a quorum with a leader, the same condition a claim needs;
+    /// the local directory must be writable too.
+    fn status(&self) -> Result<()> {
+        self.local.status()?;
+        self.run(Instant::now() + self.cfg.timeout, |client| async move {
+            let mut kv = client.kv_client();
+            kv.get(self.base.clone(), Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(etcd_err)?;
+            Ok(())
+        })
     }
 }
 
@@ -214,306 +520,4 @@ fn spread(seed: &mut u64, window: usize) -> usize {
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;
     (*seed % window as u64) as usize
-}
-
-impl EtcdStore {
-    /// Reads the reservations inside the claimed ranges into a pool. Owners on other nodes get
-    /// a container ID that cannot match a real one (`id@node`), so they are never "mine".
-    async fn snapshot(&self, client: &Client, ranges: &[&Range]) -> Result<Pool> {
-        let mut pool = Pool::default();
-        for r in ranges {
-            let (from, to) = (self.ip_key(r.start), key_after(&self.ip_key(r.end)));
-            let kv = client.kv_client();
-            let resp = retrying(|| {
-                let (from, to, mut kv) = (from.clone(), to.clone(), kv.clone());
-                async move { kv.get(from, Some(GetOptions::new().with_range(to))).await }
-            })
-            .await?;
-            self.add_kvs(&mut pool, resp.kvs());
-        }
-        Ok(pool)
-    }
-
-    /// The range reads a failed claim returns instead of a separate read (saves a round trip).
-    fn range_gets(&self, ranges: &[&Range]) -> Vec<TxnOp> {
-        ranges
-            .iter()
-            .map(|r| {
-                let to = key_after(&self.ip_key(r.end));
-                TxnOp::get(self.ip_key(r.start), Some(GetOptions::new().with_range(to)))
-            })
-            .collect()
-    }
-
-    fn add_kvs(&self, pool: &mut Pool, kvs: &[etcd_client::KeyValue]) {
-        {
-            for item in kvs {
-                let key = String::from_utf8_lossy(item.key());
-                let Some(ip) = key.rsplit('/').next().and_then(parse_key_hex) else {
-                    continue;
-                };
-                let val = String::from_utf8_lossy(item.value());
-                let mut f = val.split(' ');
-                let (Some(node), Some(cid), Some(ifname)) = (f.next(), f.next(), f.next()) else {
-                    // Unparseable value: treat the address as taken by an unknown owner.
-                    pool.map.insert(
-                        ip,
-                        Owner {
-                            container_id: "?".into(),
-                            ifname: "?".into(),
-                        },
-                    );
-                    continue;
-                };
-                let container_id = if node == self.node {
-                    cid.to_string()
-                } else {
-                    format!("{cid}@{node}")
-                };
-                pool.map.insert(
-                    ip,
-                    Owner {
-                        container_id,
-                        ifname: ifname.to_string(),
-                    },
-                );
-            }
-        }
-    }
-
-    /// On retry `attempt`, moves each dynamic pick to a random one of the lowest `2^attempt`
-    /// free addresses (by planning against phantom reservations of the addresses skipped).
-    fn spread_plan(
-        &self,
-        pool: &Pool,
-        owner: &Owner,
-        claims: &[Claim<'_>],
-        attempt: u32,
-        seed: &mut u64,
-    ) -> Result<Plan> {
-        let plan = pool.plan(owner, claims)?;
-        if attempt == 0 {
-            return Ok(plan);
-        }
-        let window = 1usize << (attempt + 2).min(8);
-        let mut out = plan.clone();
-        out.new.clear();
-        for (i, claim) in claims.iter().enumerate() {
-            if !plan.new.contains(&plan.addrs[i]) {
-                continue;
-            }
-            if claim.want.is_some() {
-                out.new.push(plan.addrs[i]);
-                continue;
-            }
-            let skip = spread(seed, window);
-            let mut scratch = pool.clone();
-            let phantom = Owner {
-                container_id: "phantom".into(),
-                ifname: "-".into(),
-            };
-            let mut pick = plan.addrs[i];
-            for _ in 0..skip {
-                scratch.map.insert(pick, phantom.clone());
-                match scratch.plan(owner, std::slice::from_ref(claim)) {
-                    Ok(p) => pick = p.addrs[0],
-                    Err(_) => break, // fewer free addresses than the window: keep the last one
-                }
-            }
-            out.addrs[i] = pick;
-            out.new.push(pick);
-        }
-        Ok(out)
-    }
-
-    /// Frees `ip` if it still belongs to `owner`, and drops the owner index key either way.
-    fn release_txn(&self, owner: &Owner, ip: IpAddr) -> Txn {
-        let ip_key = self.ip_key(ip);
-        let owner_key = format!("{}{}", self.owner_prefix(Some(owner)), key_hex(ip));
-        Txn::new()
-            .when([Compare::value(
-                ip_key.clone(),
-                CompareOp::Equal,
-                self.owner_value(owner),
-            )])
-            .and_then([
-                TxnOp::delete(ip_key, None),
-                TxnOp::delete(owner_key.clone(), None),
-            ])
-            .or_else([TxnOp::delete(owner_key, None)])
-    }
-
-    /// This node's reservations from the owner index: (owner, ip).
-    async fn owned(&self, client: &Client, owner: Option<&Owner>) -> Result<Vec<(Owner, IpAddr)>> {
-        let prefix = self.owner_prefix(owner);
-        let kv = client.kv_client();
-        let resp = retrying(|| {
-            let (prefix, mut kv) = (prefix.clone(), kv.clone());
-            async move {
-                kv.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-            }
-        })
-        .await?;
-        let base = self.owner_prefix(None);
-        let mut out = Vec::new();
-        for item in resp.kvs() {
-            let key = String::from_utf8_lossy(item.key());
-            let rest = key.strip_prefix(&base).unwrap_or_default();
-            let parts: Vec<&str> = rest.split('/').collect();
-            if let [cid, ifname, hex] = parts[..] {
-                if let (Ok(o), Some(ip)) = (Owner::new(cid, ifname), parse_key_hex(hex)) {
-                    out.push((o, ip));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn release_all(&self, client: &Client, items: &[(Owner, IpAddr)]) -> Result<()> {
-        for (owner, ip) in items {
-            let txn = self.release_txn(owner, *ip);
-            let kv = client.kv_client();
-            retrying(|| {
-                let (txn, mut kv) = (txn.clone(), kv.clone());
-                async move { kv.txn(txn).await }
-            })
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-impl Store for EtcdStore {
-    fn reserve(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Vec<IpAddr>> {
-        let ranges: Vec<&Range> = claims.iter().map(|c| c.range).collect();
-        let mut seed = (std::process::id() as u64) << 32 | 0x9e37_79b9;
-        // Queue this node's own ADDs behind a local flock: cross-node races stay lock-free
-        // (etcd transactions), but N pods starting at once on one node no longer turn into N
-        // clients racing for the same lowest address.
-        // Waited for at most half the verb's bound, then we go ahead without it. Taken after
-        // connecting, so connection set-up of queued ADDs overlaps; blocking the current-thread
-        // runtime while we wait is fine, nothing else runs in this process.
-        let lock_path = self
-            .cfg
-            .lock_dir
-            .join(format!("etcd-{}-{}.lock", self.node, self.network));
-        self.run(|client| async move {
-            let _local = lock_file_within(&lock_path, self.cfg.timeout / 2)?;
-            let mut attempt = 0u32;
-            let mut pool = self.snapshot(&client, &ranges).await?;
-            loop {
-                let plan = self.spread_plan(&pool, owner, claims, attempt, &mut seed)?;
-                if plan.new.is_empty() {
-                    return Ok(plan.addrs);
-                }
-                let value = self.owner_value(owner);
-                let owner_prefix = self.owner_prefix(Some(owner));
-                let compares: Vec<Compare> = plan
-                    .new
-                    .iter()
-                    .map(|ip| Compare::create_revision(self.ip_key(*ip), CompareOp::Equal, 0))
-                    .collect();
-                let puts: Vec<TxnOp> = plan
-                    .new
-                    .iter()
-                    .flat_map(|ip| {
-                        [
-                            TxnOp::put(self.ip_key(*ip), value.clone(), None),
-                            TxnOp::put(format!("{owner_prefix}{}", key_hex(*ip)), "", None),
-                        ]
-                    })
-                    .collect();
-                let txn = Txn::new()
-                    .when(compares)
-                    .and_then(puts)
-                    .or_else(self.range_gets(&ranges));
-                let mut kv = client.kv_client();
-                match kv.txn(txn).await {
-                    Ok(resp) if resp.succeeded() => {
-                        tracing::info!(attempt, addrs = ?plan.addrs, "etcd claim committed");
-                        return Ok(plan.addrs);
-                    }
-                    Ok(resp) => {
-                        tracing::debug!(attempt, "address taken by another node, retrying");
-                        pool = Pool::default();
-                        for op in resp.op_responses() {
-                            if let etcd_client::TxnOpResponse::Get(g) = op {
-                                self.add_kvs(&mut pool, g.kvs());
-                            }
-                        }
-                    }
-                    Err(e) if is_permanent(&e) => {
-                        return Err(Error::io(format!("etcd refused the request: {e}")))
-                    }
-                    // Unknown outcome (member died, timeout): a fresh read tells.
-                    Err(e) => {
-                        tracing::debug!("etcd txn error, retrying: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        pool = self.snapshot(&client, &ranges).await?;
-                    }
-                }
-                attempt += 1;
-            }
-        })
-    }
-
-    fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
-        self.run(|client| async move {
-            let items = self.owned(&client, Some(owner)).await?;
-            self.release_all(&client, &items).await?;
-            Ok(items.into_iter().map(|(_, ip)| ip).collect())
-        })
-    }
-
-    fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
-        self.run(|client| async move {
-            let mut out = Vec::new();
-            let value = self.owner_value(owner);
-            for (_, ip) in self.owned(&client, Some(owner)).await? {
-                let key = self.ip_key(ip);
-                let kv = client.kv_client();
-                let resp = retrying(|| {
-                    let (key, mut kv) = (key.clone(), kv.clone());
-                    async move { kv.get(key, None).await }
-                })
-                .await?;
-                if resp
-                    .kvs()
-                    .first()
-                    .is_some_and(|kv| kv.value() == value.as_bytes())
-                {
-                    out.push(ip);
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
-        self.run(|client| async move {
-            let stale: Vec<(Owner, IpAddr)> = self
-                .owned(&client, None)
-                .await?
-                .into_iter()
-                .filter(|(o, _)| !keep.contains(o))
-                .collect();
-            self.release_all(&client, &stale).await?;
-            Ok(stale.into_iter().map(|(o, ip)| (ip, o)).collect())
-        })
-    }
-
-    /// A linearizable read needs a quorum with a leader, the same condition a write needs.
-    fn status(&self) -> Result<()> {
-        self.run(|client| async move {
-            let mut kv = client.kv_client();
-            kv.get(self.base.clone(), Some(GetOptions::new().with_count_only()))
-                .await
-                .map_err(etcd_err)?;
-            Ok(())
-        })
-    }
 }

@@ -201,9 +201,16 @@ impl FileStore {
         })
     }
 
-    /// Replaces the pool atomically: write temp, fdatasync, rename. Call with the lock held.
+    /// Replaces the pool atomically. Call with the lock held.
     fn save(&self, pool: &Pool) -> Result<()> {
-        let tmp = self.dir.join("pool.tmp");
+        self.write_atomic("pool", &render(pool))
+    }
+
+    /// Replaces `<dir>/<name>` atomically: write `<name>.tmp`, fdatasync, rename. Call with the
+    /// lock held (the etcd store keeps its block list next to the pool this way).
+    pub(crate) fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -212,13 +219,29 @@ impl FileStore {
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(|e| io_err("cannot create", &tmp, e))?;
-        f.write_all(render(pool).as_bytes())
+        f.write_all(text.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(|e| io_err("cannot write", &tmp, e))?;
         drop(f);
         test_pause();
-        fs::rename(&tmp, self.pool_path())
-            .map_err(|e| io_err("cannot replace", &self.pool_path(), e))
+        fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))
+    }
+
+    /// `<dir>/<name>` as text; `None` if it does not exist. Call with the lock held.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn read_optional(&self, name: &str) -> Result<Option<String>> {
+        let path = self.dir.join(name);
+        match fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path, e)),
+        }
+    }
+
+    /// This store's directory (`<store dir>/<network>`).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A consistent snapshot of every reservation (for tests, `weft inspect`).
@@ -228,7 +251,7 @@ impl FileStore {
     }
 
     /// Runs `f` on the pool under the exclusive lock and saves the pool if `f` says it changed.
-    fn transact<T>(&self, f: impl FnOnce(&mut Pool) -> Result<(T, bool)>) -> Result<T> {
+    pub(crate) fn transact<T>(&self, f: impl FnOnce(&mut Pool) -> Result<(T, bool)>) -> Result<T> {
         let _lock = self.lock(true)?;
         test_pause();
         let mut pool = self.load()?;

@@ -2,9 +2,11 @@
 //!
 //! Both stores share the decision logic in [`Pool::plan`] (idempotency, static requests,
 //! lowest free address) and differ only in how they make the decision stick:
-//! - [`file`]: one pool file per network, read and rewritten atomically under `flock`.
-//! - [`etcd`]: one key per address, claimed with create-if-absent transactions; no lock.
+//! - [`file`](mod@file): one pool file per network, read and rewritten atomically under `flock`.
+//! - [`etcd`]: per-node blocks claimed with create-if-absent transactions in etcd, addresses
+//!   served from them by the file store on each node ([`blocks`]); no cluster-wide lock.
 
+pub mod blocks;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;
