@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cni;
+pub mod etcd;
 pub mod netns;
 pub mod plugins;
 pub mod prereq;

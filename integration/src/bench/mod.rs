@@ -5,7 +5,11 @@
 //! A suite is a module with a `run(opts) -> Result<Vec<Comparison>>`; `weft-bench` maps one
 //! subcommand to each suite and prints the report.
 
+pub mod chain;
 pub mod exec;
+pub mod fastpath;
+pub mod ipam;
+pub mod measure;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use integration::bench::{self, exec};
+use integration::bench::{self, chain, exec, fastpath, measure};
 use integration::plugins::workspace_root;
 
 #[derive(Parser)]
@@ -15,9 +15,10 @@ struct Cli {
     /// else target/debug]
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
-    /// Measured A/B pairs (at least 5)
-    #[arg(long, global = true, default_value_t = 20)]
-    pairs: usize,
+    /// Measured A/B pairs, at least 5 [default: 20; 7 for fast and limit, whose runs last
+    /// seconds]
+    #[arg(long, global = true)]
+    pairs: Option<usize>,
     #[command(subcommand)]
     suite: Suite,
 }
@@ -26,6 +27,68 @@ struct Cli {
 enum Suite {
     /// Whole-process cost: VERSION and pass-through ADD, kmesh-cni vs tuning (Go)
     Exec,
+    /// P1-chain: extra ADD+DEL cost of bridge + kmesh-cni over bridge, vs bridge + tuning (Go)
+    #[command(alias = "p1-chain")]
+    Chain,
+    /// P3-fast: pod-to-pod throughput and latency, kmesh-cni fast path vs bridge alone, without
+    /// and with kube-proxy-sized iptables rule sets
+    #[command(alias = "p3-fast")]
+    Fast {
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        /// Rules in the KUBE-SERVICES-like chain of the second scenario (0 skips it)
+        #[arg(long, default_value_t = 2000)]
+        rules: usize,
+    },
+    /// P3-limit: pod-to-pod throughput and latency, kmesh-cni fast path vs a bare veth pair
+    #[command(alias = "p3-limit")]
+    Limit {
+        #[command(flatten)]
+        traffic: TrafficArgs,
+    },
+    /// P1-exec: one IPAM ADD+DEL as whole processes (cnitool wall time; the IPAM's own wall time
+    /// and peak RSS), weft-ipam (file store) vs host-local (Go)
+    #[command(alias = "p1-exec")]
+    IpamExec,
+    /// P2-node: N concurrent ADDs then N DELs on one /23, weft-ipam vs host-local; duplicates
+    #[command(alias = "p2-node")]
+    IpamNode {
+        /// Concurrent ADDs (then DELs) per run [pairs default: 5]
+        #[arg(long, default_value_t = 256)]
+        pods: usize,
+    },
+    /// P4-scale: ADD latency with 1,000 reservations held vs 10, weft-ipam vs itself (and
+    /// host-local vs itself for comparison)
+    #[command(alias = "p4-scale")]
+    IpamScale {
+        #[arg(long, default_value_t = 1000)]
+        held: usize,
+        #[arg(long, default_value_t = 10)]
+        base: usize,
+    },
+    /// P2-cluster: simulated nodes x concurrent ADDs against a 3-member etcd on loopback,
+    /// weft-ipam etcd store: per-ADD p50/p99, failures, duplicates
+    #[command(alias = "p2-cluster")]
+    IpamCluster {
+        /// Rounds of nodes x per-node ADDs, each on a fresh network
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        #[arg(long, default_value_t = 128)]
+        per_node: usize,
+        /// weft-ipam's bound on one verb against etcd (store.timeout_ms); the harness kills a
+        /// process 15 s after it
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrafficArgs {
+    /// Seconds of each iperf3 and each sockperf run
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seconds: u32,
 }
 
 fn default_bin_dir() -> PathBuf {
@@ -44,15 +107,74 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin_dir = cli.bin_dir.unwrap_or_else(default_bin_dir);
     eprintln!("weft binaries from {}", bin_dir.display());
-    let (title, results) = match cli.suite {
-        Suite::Exec => (
+    let traffic = |traffic: TrafficArgs, rules: usize| fastpath::TrafficOpts {
+        bin_dir: bin_dir.clone(),
+        pairs: cli.pairs.unwrap_or(7),
+        seconds: traffic.seconds,
+        rules,
+    };
+    let report = match cli.suite {
+        Suite::Exec => bench::render(
             "weft-bench exec",
-            exec::run(&exec::ExecOpts {
+            &exec::run(&exec::ExecOpts {
                 bin_dir,
-                pairs: cli.pairs,
+                pairs: cli.pairs.unwrap_or(20),
             })?,
         ),
+        Suite::Chain => measure::render(
+            "weft-bench chain",
+            &chain::run(&chain::ChainOpts {
+                bin_dir,
+                pairs: cli.pairs.unwrap_or(20),
+            })?,
+        ),
+        Suite::Fast { traffic: t, rules } => {
+            measure::render("weft-bench fast", &fastpath::run_fast(&traffic(t, rules))?)
+        }
+        Suite::Limit { traffic: t } => {
+            measure::render("weft-bench limit", &fastpath::run_limit(&traffic(t, 0))?)
+        }
+        Suite::IpamExec => measure::render(
+            "weft-bench ipam-exec",
+            &bench::ipam::run_exec(&bench::ipam::IpamOpts {
+                bin_dir,
+                pairs: cli.pairs.unwrap_or(20),
+            })?,
+        ),
+        Suite::IpamNode { pods } => measure::render(
+            "weft-bench ipam-node",
+            &bench::ipam::run_node(&bench::ipam::NodeOpts {
+                ipam: bench::ipam::IpamOpts {
+                    bin_dir,
+                    pairs: cli.pairs.unwrap_or(5),
+                },
+                pods,
+            })?,
+        ),
+        Suite::IpamScale { held, base } => measure::render(
+            "weft-bench ipam-scale",
+            &bench::ipam::run_scale(&bench::ipam::ScaleOpts {
+                ipam: bench::ipam::IpamOpts {
+                    bin_dir,
+                    pairs: cli.pairs.unwrap_or(20),
+                },
+                held,
+                base,
+            })?,
+        ),
+        Suite::IpamCluster {
+            runs,
+            nodes,
+            per_node,
+            timeout_ms,
+        } => bench::ipam::run_cluster(&bench::ipam::ClusterOpts {
+            bin_dir,
+            runs,
+            nodes,
+            per_node,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+        })?,
     };
-    print!("{}", bench::render(title, &results));
+    print!("{report}");
     Ok(())
 }
