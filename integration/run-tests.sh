@@ -13,7 +13,7 @@ cd "$root"
 # bpftool to inspect pins, jq/hyperfine/time/iperf3 for benches.
 packages=(clang llvm libbpf-dev protobuf-compiler pkg-config
           containernetworking-plugins golang-go golang-github-appc-cni-dev iproute2 iptables
-          etcd-server bpftool iputils-ping jq hyperfine time iperf3)
+          etcd-server bpftool iputils-ping jq hyperfine time iperf3 sockperf)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
