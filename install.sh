@@ -89,6 +89,21 @@ case "$out" in
   *'"10.99.0.2/24"'*) printf '    %-10s chained ADD ok\n' kmesh-cni ;;
   *) echo "install.sh: kmesh-cni pass-through ADD answered: $out" >&2; exit 1 ;;
 esac
+# An IPAM ADD then DEL through the installed weft-ipam, in a throwaway store.
+if [ -x "$BIN_DIR/weft-ipam" ]; then
+  store=$(mktemp -d)
+  trap 'rm -rf "$store"' EXIT
+  conf=$(printf '{"cniVersion":"1.0.0","name":"smoke","type":"bridge","ipam":{"type":"weft-ipam","range":"10.99.0.0/29","store":{"type":"file","dir":"%s"}}}' "$store")
+  ipam() { printf '%s' "$conf" | CNI_COMMAND=$1 CNI_CONTAINERID=weft-smoke CNI_NETNS=/var/run/netns/smoke \
+    CNI_IFNAME=eth0 CNI_PATH="$BIN_DIR" "$BIN_DIR/weft-ipam"; }
+  out=$(ipam ADD)
+  case "$out" in
+    *'"10.99.0.2/29"'*) printf '    %-10s ADD ok\n' weft-ipam ;;
+    *) echo "install.sh: weft-ipam ADD answered: $out" >&2; exit 1 ;;
+  esac
+  ipam DEL >/dev/null || { echo "install.sh: weft-ipam DEL failed" >&2; exit 1; }
+  printf '    %-10s DEL ok\n' weft-ipam
+fi
 # STATUS probes the kernel (bpf_redirect_peer, tcx or clsact) and opens the node's pinned maps
 # under /sys/fs/bpf/weft (creating them on first use): the node can serve the fast path.
 if out=$(printf '{"cniVersion":"1.1.0","name":"smoke","type":"kmesh-cni"}' |
