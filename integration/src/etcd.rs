@@ -1,7 +1,6 @@
 //! A real 3-member etcd cluster on loopback (Debian's etcd-server 3.4), for the etcd store of
-//! weft-ipam. Copied from ipam/tests/etcd.rs (that crate's tests cannot depend on this one and
-//! vice versa) and turned into a `Result`-returning fixture for benchmarks: random free ports,
-//! a temp data dir, every member killed by its PID and the data removed on drop.
+//! weft-ipam: its tests (a dev-dependency on this crate) and the P2-cluster bench. Random free
+//! ports, a temp data dir, every member killed by its PID and the data removed on drop.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -26,7 +25,8 @@ pub struct EtcdCluster {
     dir: TempDir,
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .context("bind an ephemeral port")?
         .local_addr()?
@@ -112,10 +112,17 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
-    fn etcdctl(&self, args: &[&str]) -> Result<std::process::Output> {
+    /// Runs etcdctl (API v3) against the members still running.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let live: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.as_str())
+            .collect();
         Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .arg(format!("--endpoints={}", live.join(",")))
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -129,7 +136,11 @@ impl EtcdCluster {
 
     /// How many keys start with `prefix`.
     pub fn count_keys(&self, prefix: &str) -> Result<usize> {
-        // etcdctl 3.4 has no --count-only: list the keys, one per line.
+        Ok(self.keys(prefix)?.len())
+    }
+
+    /// The keys that start with `prefix` (etcdctl 3.4 has no --count-only).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let o = self.etcdctl(&["get", "--prefix", "--keys-only", prefix])?;
         ensure!(
             o.status.success(),
@@ -139,18 +150,64 @@ impl EtcdCluster {
         Ok(String::from_utf8_lossy(&o.stdout)
             .lines()
             .filter(|l| !l.is_empty())
-            .count())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Every (key, value) under `prefix`; values must be single-line.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let o = self.etcdctl(&["get", "--prefix", prefix])?;
+        ensure!(
+            o.status.success(),
+            "etcdctl get: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        ensure!(
+            lines.len().is_multiple_of(2),
+            "etcdctl printed an odd number of lines"
+        );
+        Ok(lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
+            .collect())
+    }
+
+    /// Index of the current leader (from `endpoint status`).
+    pub fn leader(&self) -> Result<usize> {
+        let o = self.etcdctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("endpoint status")?;
+        let statuses = v.as_array().context("endpoint status is not a list")?;
+        let leader = statuses
+            .first()
+            .and_then(|s| s["Status"]["leader"].as_u64())
+            .context("no leader in endpoint status")?;
+        let endpoint = statuses
+            .iter()
+            .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))
+            .and_then(|s| s["Endpoint"].as_str())
+            .context("leader not among the endpoints")?;
+        self.members
+            .iter()
+            .position(|m| m.client_url == endpoint)
+            .context("leader endpoint is not ours")
+    }
+
+    /// Kills member `i` (our child, by PID); the others keep running.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut c) = m.child.take() {
-                // Our own child, by PID (std's Child never signals a reaped process).
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        // Our own children, by PID (std's Child never signals a reaped process).
+        for i in 0..self.members.len() {
+            self.kill(i);
         }
     }
 }

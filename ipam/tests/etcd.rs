@@ -5,17 +5,14 @@
 mod common;
 
 use common::*;
+use integration::etcd::{free_port, EtcdCluster, ETCD, ETCDCTL};
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use weft_ipam::range::parse_key_hex;
-
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 fn prerequisites() -> bool {
     require(
@@ -27,171 +24,43 @@ fn prerequisites() -> bool {
     )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Member {
-    name: String,
-    client_url: String,
-    child: Option<Child>,
-}
-
-/// Three etcd members on loopback with random ports and temp data dirs; every member still
-/// running is killed (by its PID) on drop, then the data dirs are removed.
-struct Cluster {
-    members: Vec<Member>,
-    _dir: tempfile::TempDir,
-}
+/// The shared 3-member etcd fixture (integration crate), plus what these tests read from it.
+struct Cluster(EtcdCluster);
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-etcd")
-            .tempdir()
-            .unwrap();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-            .collect();
-        let token = unique("weft"); // one token for all members: it seeds the cluster ID
-        let mut members = Vec::new();
-        for (i, (c, p)) in ports.iter().enumerate() {
-            let name = format!("m{i}");
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            let child = Command::new(ETCD)
-                .args(["--name", &name])
-                .arg("--data-dir")
-                .arg(dir.path().join(&name))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{c}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{c}")])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{p}"),
-                ])
-                .args(["--initial-cluster", &initial.join(",")])
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    &token,
-                ])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd");
-            members.push(Member {
-                name,
-                client_url: format!("http://127.0.0.1:{c}"),
-                child: Some(child),
-            });
-        }
-        let cluster = Cluster { members, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.healthy() {
-            if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(cluster._dir.path().join("m0.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                panic!(
-                    "etcd cluster did not become healthy; m0.log tail:\n{}",
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        cluster
+        Cluster(EtcdCluster::start().expect("start a 3-member etcd cluster"))
     }
 
     fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.client_url.clone()).collect()
+        self.0.endpoints()
     }
 
-    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        let live: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(|m| m.client_url.clone())
-            .collect();
-        Command::new(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", live.join(",")))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn healthy(&self) -> bool {
-        self.etcdctl(&["endpoint", "health"]).status.success()
-    }
-
-    /// Block start -> holding node, from `<prefix>/blocks/`.
+    /// Block start -> holding node, from `<prefix>/<net>/blocks/`.
     fn blocks(&self, net: &str) -> HashMap<IpAddr, String> {
-        let o = self.etcdctl(&["get", "--prefix", &format!("/weft-test/{net}/blocks/")]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        lines
-            .chunks(2)
-            .map(|kv| {
-                let hex = kv[0].rsplit('/').next().unwrap();
-                (
-                    parse_key_hex(hex).unwrap_or_else(|| panic!("bad block key {}", kv[0])),
-                    kv[1].to_string(),
-                )
+        self.0
+            .get_prefix(&format!("/weft-test/{net}/blocks/"))
+            .unwrap()
+            .into_iter()
+            .map(|(key, node)| {
+                let hex = key.rsplit('/').next().unwrap();
+                let start = parse_key_hex(hex).unwrap_or_else(|| panic!("bad block key {key}"));
+                (start, node)
             })
             .collect()
     }
 
     fn keys(&self, prefix: &str) -> Vec<String> {
-        let o = self.etcdctl(&["get", "--prefix", "--keys-only", prefix]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
+        self.0.keys(prefix).unwrap()
     }
 
-    /// Index of the current leader (from `endpoint status`).
     fn leader(&self) -> usize {
-        let o = self.etcdctl(&["endpoint", "status", "-w", "json"]);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let arr = v.as_array().unwrap();
-        let leader_id = arr[0]["Status"]["leader"].as_u64().unwrap();
-        let ep = arr
-            .iter()
-            .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
-            .map(|s| s["Endpoint"].as_str().unwrap().to_string())
-            .unwrap();
-        self.members
-            .iter()
-            .position(|m| m.client_url == ep)
-            .unwrap()
+        self.0.leader().unwrap()
     }
 
     fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            eprintln!("killed etcd member {}", self.members[i].name);
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
-        }
+        self.0.kill(i);
+        eprintln!("killed etcd member m{i}");
     }
 }
 
@@ -661,7 +530,7 @@ fn children_cpu() -> Duration {
 
 #[test]
 fn unreachable_etcd_is_code_11_and_status_50() {
-    let port = free_port(); // nothing listens there
+    let port = free_port().unwrap(); // nothing listens there
     let tmp = state_dir();
     let c = conf(
         &[format!("http://127.0.0.1:{port}")],
