@@ -196,6 +196,66 @@ impl Isolation {
             .collect()
     }
 
+    /// `max_entries` of a pinned map (bpftool map show).
+    pub fn map_max_entries(&self, name: &str) -> u64 {
+        let pin = self.map_pin(name);
+        let out = cmd(
+            "bpftool",
+            &["-j", "map", "show", "pinned", pin.to_str().unwrap()],
+        );
+        out.assert_success(&format!("bpftool map show {}", pin.display()));
+        out.json()["max_entries"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no max_entries for {name}: {}", out.stdout))
+    }
+
+    /// Inserts `count` `managed` entries with keys `first_key..` (value: enrolled, ifindex 0)
+    /// in one `bpftool batch`, as another agent sharing the pinned map could.
+    pub fn fill_managed(&self, first_key: u64, count: u64) {
+        let pin = self.map_pin("managed");
+        let mut batch = tempfile::NamedTempFile::new().expect("batch file");
+        {
+            use std::io::Write;
+            let mut w = std::io::BufWriter::new(batch.as_file_mut());
+            for key in first_key..first_key + count {
+                let hex: Vec<String> = key
+                    .to_le_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                writeln!(
+                    w,
+                    "map update pinned {} key hex {} value hex 01 00 00 00 00 00 00 00",
+                    pin.display(),
+                    hex.join(" ")
+                )
+                .expect("write batch file");
+            }
+            w.flush().expect("flush batch file");
+        }
+        cmd(
+            "bpftool",
+            &["batch", "file", batch.path().to_str().unwrap()],
+        )
+        .assert_success(&format!("bpftool batch: fill {}", pin.display()));
+    }
+
+    /// Deletes one `managed` entry (bpftool map delete).
+    pub fn delete_managed(&self, key: u64) {
+        let pin = self.map_pin("managed");
+        let mut args = vec![
+            "map".to_owned(),
+            "delete".into(),
+            "pinned".into(),
+            pin.to_str().unwrap().into(),
+            "key".into(),
+            "hex".into(),
+        ];
+        args.extend(key.to_le_bytes().iter().map(|b| format!("{b:02x}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cmd("bpftool", &args).assert_success("bpftool map delete");
+    }
+
     /// The kernel program id of the tcx link pinned as `links/<pin>` (bpftool link show).
     pub fn link_prog_id(&self, pin: &str) -> u64 {
         let path = self.pin_root.join("links").join(pin);

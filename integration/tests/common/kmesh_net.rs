@@ -80,6 +80,16 @@ impl Net {
     /// `kmesh` holds kmesh-cni's own keys (mode, annotations config, ...); `octet` picks the
     /// test's private /24 (10.234.<octet>.0/24 for bridge, 10.235.<octet>.0/24 for ptp).
     pub fn new(main: Main, version: &str, kmesh: Value, octet: u8) -> Self {
+        Self::build(main, version, kmesh, octet, false)
+    }
+
+    /// Like [`Net::new`], but host-local hands every pod two addresses: the same private /24
+    /// and an IPv6 /64 (fd0e:0:0:<octet>::/64 for bridge, fd0f:0:0:<octet>::/64 for ptp).
+    pub fn dual_stack(main: Main, version: &str, kmesh: Value, octet: u8) -> Self {
+        Self::build(main, version, kmesh, octet, true)
+    }
+
+    fn build(main: Main, version: &str, kmesh: Value, octet: u8, dual_stack: bool) -> Self {
         let iso = Isolation::new();
         let cni_path = CniPath::new();
         cni_path.plugin("kmesh-cni");
@@ -88,18 +98,34 @@ impl Net {
         let bridge = (main == Main::Bridge).then(|| HostLink::adopt(&unique_ifname("wkb")));
         let data = TempDir::new().unwrap();
         let ref_data = TempDir::new().unwrap();
+        let (v4, v6) = match main {
+            Main::Bridge => (
+                format!("10.234.{octet}.0/24"),
+                format!("fd0e:0:0:{octet}::/64"),
+            ),
+            Main::Ptp => (
+                format!("10.235.{octet}.0/24"),
+                format!("fd0f:0:0:{octet}::/64"),
+            ),
+        };
+        let ipam = |data: &TempDir| {
+            if dual_stack {
+                json!({"type": "host-local", "dataDir": data.path(),
+                       "ranges": [[{"subnet": v4}], [{"subnet": v6}]]})
+            } else {
+                json!({"type": "host-local", "subnet": v4, "dataDir": data.path()})
+            }
+        };
         let main_plugin = |data: &TempDir| match main {
             Main::Bridge => json!({
                 "type": "bridge",
                 "bridge": bridge.as_ref().unwrap().name(),
                 "isGateway": true,
-                "ipam": {"type": "host-local", "subnet": format!("10.234.{octet}.0/24"),
-                         "dataDir": data.path()}
+                "ipam": ipam(data)
             }),
             Main::Ptp => json!({
                 "type": "ptp",
-                "ipam": {"type": "host-local", "subnet": format!("10.235.{octet}.0/24"),
-                         "dataDir": data.path()}
+                "ipam": ipam(data)
             }),
         };
         let name = format!("wk-{}-{octet}", std::process::id());

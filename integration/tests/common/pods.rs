@@ -42,7 +42,10 @@ pub fn ping(from: &TestNetns, to: IpAddr, count: u32, ttl: Option<u8>) -> Ping {
     }
     args.push(&to);
     let out = netns_exec(from, &args);
-    if out.stdout.contains("Time to live exceeded") {
+    // iputils words ICMP time exceeded differently for IPv4 and ICMPv6.
+    if out.stdout.contains("Time to live exceeded")
+        || out.stdout.contains("Time exceeded: Hop limit")
+    {
         return Ping::TimeExceeded;
     }
     let ttls: Vec<u8> = out
@@ -87,11 +90,30 @@ print "listening\n";
 while (my $c = $s->accept) { print $c "$ARGV[2]\n"; close $c; }
 "#;
 
+/// The same with IO::Socket::IP (also in perl-base), which binds IPv6 addresses too.
+const LISTENER_IP_PL: &str = r#"
+use IO::Socket::IP;
+my $s = IO::Socket::IP->new(LocalHost => $ARGV[0], LocalPort => $ARGV[1], Listen => 16,
+                            ReuseAddr => 1, Proto => 'tcp') or die "listen: $@\n";
+$| = 1;
+print "listening\n";
+while (my $c = $s->accept) { print $c "$ARGV[2]\n"; close $c; }
+"#;
+
 impl Listener {
     /// Starts listening on `addr:port` in `ns`; returns once the socket is bound and listening.
     pub fn start(ns: &TestNetns, addr: IpAddr, port: u16) -> Self {
+        Self::spawn(ns, addr, port, LISTENER_PL)
+    }
+
+    /// [`Listener::start`] for an address of either family (IPv6 included).
+    pub fn start_any(ns: &TestNetns, addr: IpAddr, port: u16) -> Self {
+        Self::spawn(ns, addr, port, LISTENER_IP_PL)
+    }
+
+    fn spawn(ns: &TestNetns, addr: IpAddr, port: u16, script: &str) -> Self {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "perl", "-e", LISTENER_PL])
+            .args(["netns", "exec", ns.name(), "perl", "-e", script])
             .arg(addr.to_string())
             .arg(port.to_string())
             .arg(PONG)
@@ -201,6 +223,18 @@ pub fn pod_ip(result: &Value) -> IpAddr {
     addr.split('/').next().unwrap().parse().expect("IP")
 }
 
+/// Every address of a result's `ips` of one family (IPv6 when `v6`).
+pub fn pod_ips_of(result: &Value, v6: bool) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .map(|a| a.split('/').next().unwrap().parse::<IpAddr>().expect("IP"))
+        .filter(|ip| ip.is_ipv6() == v6)
+        .collect()
+}
+
 /// The host-side veth of a bridge/ptp result: the interface without a sandbox that is not the
 /// bridge.
 pub fn host_veth(result: &Value, bridge: Option<&str>) -> String {
@@ -233,4 +267,12 @@ pub fn masked(result: &Value, bridge: Option<&str>) -> Value {
     }
     mask(&mut v, &pointers);
     v
+}
+
+/// Every BPF program on `dev`'s tc hooks, tcx links and cls_bpf filters alike
+/// (`bpftool net show dev`): what an operator would look at to see if anything is attached.
+pub fn tc_programs(dev: &str) -> Vec<Value> {
+    let out = cmd("bpftool", &["-j", "net", "show", "dev", dev]);
+    out.assert_success(&format!("bpftool net show dev {dev}"));
+    out.json()[0]["tc"].as_array().cloned().unwrap_or_default()
 }

@@ -100,8 +100,9 @@ pub fn detach(
     record: &Record,
 ) -> Result<()> {
     // Map entries live in the pinned maps: if the pin root is gone (bpffs remounted, operator
-    // rm), so are they, and opening would only create empty maps.
-    if pin_root.path().exists() {
+    // rm) or never was on bpffs (a failed ADD with a bad pinRoot), there are none to remove,
+    // and opening would only create empty maps or fail the DEL for nothing.
+    if bpf::is_bpffs(pin_root.path()).unwrap_or(false) {
         let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
         for ep in &record.endpoints {
             maps.endpoints
