@@ -10,33 +10,19 @@ mod common;
 use std::net::IpAddr;
 
 use common::bpffs::{Counters, Isolation};
-use common::kmesh_net::{direct_env, Main, Net, Pod, VethPod};
+use common::kmesh_net::{
+    direct_env, prerequisites, Main, Net, Pod, VethPod, EP_F_ROUTED, MANAGED_F_ENROLLED,
+};
 use common::pods::{
     host_ifindex, netns_cookie, netns_exec, ping, pod_ips_of, tc_ingress_filters, tc_programs,
     tcp_exchange, Listener, Ping, PONG,
 };
 use integration::cni::{assert_cni_error, exec_plugin, PluginEnv};
 use integration::plugins::CniPath;
-use integration::prereq::{missing, require_netns_env};
-use integration::proc::{cmd, Output};
+use integration::proc::Output;
 use serde_json::{json, Value};
 
-/// `struct weft_endpoint.flags`: the pod is reached through host routing (ptp).
-const EP_F_ROUTED: u32 = 1;
-/// `struct weft_managed.flags`: enrolled in the mesh.
-const MANAGED_F_ENROLLED: u32 = 1;
 const LISTEN_PORT: u16 = 7071;
-
-/// Netns tests plus bpftool, which reads the pinned maps back.
-fn prerequisites() -> bool {
-    if !require_netns_env() {
-        return false;
-    }
-    if !cmd("sh", &["-c", "command -v bpftool"]).success() {
-        return missing("bpftool not installed (apt-get install bpftool)");
-    }
-    true
-}
 
 // --- 1. IPv6 ----------------------------------------------------------------------------------
 

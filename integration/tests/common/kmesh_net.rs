@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use integration::cni::{exec_plugin, Cnitool, PluginEnv};
 use integration::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
-use integration::proc::Output;
+use integration::prereq::{missing, require_netns_env};
+use integration::proc::{cmd, Output};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -16,6 +17,22 @@ use super::bpffs::Isolation;
 use super::pods::{host_veth, pod_ip};
 
 /// The capability containerd and CRI-O fill with the pod's annotations.
+/// `struct weft_endpoint.flags`: the pod is reached through host routing (ptp).
+pub const EP_F_ROUTED: u32 = 1;
+/// `struct weft_managed.flags`: enrolled in the mesh.
+pub const MANAGED_F_ENROLLED: u32 = 1;
+
+/// Netns tests plus bpftool, which reads the pinned maps back.
+pub fn prerequisites() -> bool {
+    if !require_netns_env() {
+        return false;
+    }
+    if !cmd("sh", &["-c", "command -v bpftool"]).success() {
+        return missing("bpftool not installed (apt-get install bpftool)");
+    }
+    true
+}
+
 pub const ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
