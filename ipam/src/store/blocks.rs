@@ -16,7 +16,7 @@
 
 use super::{Claim, Owner, Plan, Pool};
 use crate::range::{from_u128, Block, Family};
-use conf::{Error, Result};
+use conf::Result;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -51,9 +51,8 @@ pub fn used_in(pool: &Pool, block: &Block) -> usize {
         .count()
 }
 
-/// Decides one ADD from the node-local pool and block list. Same rules as [`Pool::plan`]:
-/// idempotent per owner and range, a static address held by another container is 11, a second
-/// different address in a range is 7. Exhaustion is not decided here: a full node asks for a
+/// Decides one ADD from the node-local pool and block list, with [`Pool::decide`]'s rules, over
+/// the node's blocks instead of whole ranges. Exhaustion is not decided here: a full node asks for a
 /// block ([`Local::Need`]) and etcd says whether one is left.
 pub fn plan(
     pool: &Pool,
@@ -68,60 +67,28 @@ pub fn plan(
     let mut needs = Vec::new();
     for (i, claim) in claims.iter().enumerate() {
         let r = claim.range;
-        let mine = pool
-            .map
-            .range(r.start..=r.end)
-            .find(|(_, o)| *o == owner)
-            .map(|(ip, _)| *ip);
-        let mut ours = blocks.iter().filter(|b| Family::of(b.start) == r.family());
-        let addr = match (mine, claim.want) {
-            (Some(have), Some(want)) if have != want => {
-                return Err(Error::invalid_config(format!(
-                    "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
-                    r.start, r.end
-                )))
-            }
-            (Some(have), _) => have,
-            (None, Some(want)) if ours.any(|b| b.contains(want)) => match pool.map.get(&want) {
-                Some(other) => {
-                    return Err(Error::try_again(format!(
-                        "requested address {want} is held by another container ({other})"
-                    )))
-                }
-                None => {
-                    out.new.push(want);
-                    want
-                }
-            },
-            (None, Some(want)) => {
-                needs.push(Need {
-                    claim: i,
-                    want: Some(want),
-                });
-                continue;
-            }
-            (None, None) => {
-                let pick = ours.find_map(|b| {
+        let ours: Vec<&Block> = blocks
+            .iter()
+            .filter(|b| Family::of(b.start) == r.family())
+            .collect();
+        let decision = pool.decide(
+            owner,
+            claim,
+            |want| ours.iter().any(|b| b.contains(want)),
+            || {
+                ours.iter().find_map(|b| {
                     let (lo, hi) = b.span();
                     let cut = r.restrict(lo, hi)?;
                     cut.lowest_free(pool.map.range(cut.start..=cut.end).map(|(ip, _)| *ip))
-                });
-                match pick {
-                    Some(ip) => {
-                        out.new.push(ip);
-                        ip
-                    }
-                    None => {
-                        needs.push(Need {
-                            claim: i,
-                            want: None,
-                        });
-                        continue;
-                    }
-                }
-            }
-        };
-        out.addrs.push(addr);
+                })
+            },
+        )?;
+        if !out.take(decision) {
+            needs.push(Need {
+                claim: i,
+                want: claim.want,
+            });
+        }
     }
     Ok(if needs.is_empty() {
         Local::Done(out)
@@ -165,23 +132,10 @@ pub fn parse(text: &str) -> std::result::Result<BTreeSet<Block>, String> {
 mod tests {
     use super::*;
     use crate::range::{Range, RangeSpec};
+    use crate::store::test_support::{ip, owner, range_sliced as range};
 
-    fn range(s: &str, slice: Option<u8>) -> Range {
-        Range::new(&RangeSpec {
-            range: s.into(),
-            slice,
-            ..Default::default()
-        })
-        .unwrap()
-    }
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
     fn block(s: &str) -> Block {
         s.parse().unwrap()
-    }
-    fn owner(c: &str) -> Owner {
-        Owner::new(c, "eth0").unwrap()
     }
     fn any(r: &Range) -> Claim<'_> {
         Claim {

@@ -374,19 +374,8 @@ fn parse(text: &str) -> std::result::Result<Pool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::range::{Range, RangeSpec};
+    use crate::store::test_support::{owner, range};
     use std::os::unix::fs::PermissionsExt;
-
-    fn range(s: &str) -> Range {
-        Range::new(&RangeSpec {
-            range: s.into(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-    fn owner(c: &str) -> Owner {
-        Owner::new(c, "eth0").unwrap()
-    }
 
     #[test]
     fn reserve_release_roundtrip_and_modes() {

@@ -10,6 +10,8 @@ pub mod blocks;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use crate::config::StoreConfig;
 use crate::range::Range;
@@ -90,10 +92,70 @@ pub struct Plan {
     pub new: Vec<IpAddr>,
 }
 
+/// One claim's outcome in [`Pool::decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The owner already holds this address in the range (an idempotent ADD).
+    Held(IpAddr),
+    /// A free address to reserve.
+    New(IpAddr),
+    /// Nothing the caller may hand out fits: the caller decides what that means (exhausted
+    /// for a whole-range pool, "claim a block first" for the etcd store's node pool).
+    Unplaced,
+}
+
+impl Plan {
+    /// Adds a decided address; `false` for [`Decision::Unplaced`].
+    pub fn take(&mut self, decision: Decision) -> bool {
+        match decision {
+            Decision::Held(ip) => self.addrs.push(ip),
+            Decision::New(ip) => {
+                self.addrs.push(ip);
+                self.new.push(ip);
+            }
+            Decision::Unplaced => return false,
+        }
+        true
+    }
+}
+
 impl Pool {
-    /// Decides the addresses for `claims` without changing the pool. Errors: a wanted address
-    /// held by someone else (11: it may be freed soon), a different address already held in
-    /// the same range (7), exhaustion (104).
+    /// The rules every store shares for one claim: idempotent per owner and range, a different
+    /// requested address while one is held is 7, a requested address held by someone else is 11
+    /// (it may be freed soon). `servable` says whether a requested address is the caller's to
+    /// hand out; `lowest_free` finds the lowest free address the caller may hand out.
+    pub fn decide(
+        &self,
+        owner: &Owner,
+        claim: &Claim<'_>,
+        servable: impl Fn(IpAddr) -> bool,
+        lowest_free: impl FnOnce() -> Option<IpAddr>,
+    ) -> Result<Decision> {
+        let r = claim.range;
+        let mine = self
+            .map
+            .range(r.start..=r.end)
+            .find(|(_, o)| *o == owner)
+            .map(|(ip, _)| *ip);
+        match (mine, claim.want) {
+            (Some(have), Some(want)) if have != want => Err(Error::invalid_config(format!(
+                "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
+                r.start, r.end
+            ))),
+            (Some(have), _) => Ok(Decision::Held(have)),
+            (None, Some(want)) if servable(want) => match self.map.get(&want) {
+                Some(other) => Err(Error::try_again(format!(
+                    "requested address {want} is held by another container ({other})"
+                ))),
+                None => Ok(Decision::New(want)),
+            },
+            (None, Some(_)) => Ok(Decision::Unplaced),
+            (None, None) => Ok(lowest_free().map_or(Decision::Unplaced, Decision::New)),
+        }
+    }
+
+    /// Decides the addresses for `claims` over whole ranges, without changing the pool.
+    /// Errors: those of [`Pool::decide`], and exhaustion (104).
     pub fn plan(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Plan> {
         let mut plan = Plan {
             addrs: Vec::with_capacity(claims.len()),
@@ -101,38 +163,15 @@ impl Pool {
         };
         for claim in claims {
             let r = claim.range;
-            let mine = self
-                .map
-                .range(r.start..=r.end)
-                .find(|(_, o)| *o == owner)
-                .map(|(ip, _)| *ip);
-            let addr = match (mine, claim.want) {
-                (Some(have), Some(want)) if have != want => {
-                    return Err(Error::invalid_config(format!(
-                        "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
-                        r.start, r.end
-                    )))
-                }
-                (Some(have), _) => have,
-                (None, Some(want)) => match self.map.get(&want) {
-                    Some(other) => {
-                        return Err(Error::try_again(format!(
-                            "requested address {want} is held by another container ({other})"
-                        )))
-                    }
-                    None => {
-                        plan.new.push(want);
-                        want
-                    }
-                },
-                (None, None) => {
-                    let held = self.map.range(r.start..=r.end).map(|(ip, _)| *ip);
-                    let ip = r.lowest_free(held).ok_or_else(|| exhausted(r))?;
-                    plan.new.push(ip);
-                    ip
-                }
-            };
-            plan.addrs.push(addr);
+            let decision = self.decide(
+                owner,
+                claim,
+                |_| true,
+                || r.lowest_free(self.map.range(r.start..=r.end).map(|(ip, _)| *ip)),
+            )?;
+            if !plan.take(decision) {
+                return Err(exhausted(r));
+            }
         }
         Ok(plan)
     }
@@ -158,19 +197,8 @@ pub fn exhausted(r: &Range) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{ip, range};
     use super::*;
-    use crate::range::RangeSpec;
-
-    fn range(s: &str) -> Range {
-        Range::new(&RangeSpec {
-            range: s.into(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn plan_is_idempotent_and_respects_other_owners() {
