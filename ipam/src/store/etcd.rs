@@ -55,12 +55,13 @@
 //! The tokio runtime (current-thread) is built only when a verb actually talks to etcd.
 
 use super::blocks::{self, Local, Need, BLOCKS_FILE};
-use super::file::{lock_file_within, FileStore, Locked};
+use super::file::FileStore;
 use super::{Claim, Owner, Pool, Store};
 use crate::config::{validate_network_name, EtcdConfig};
 use crate::range::{key_hex, parse_key_hex, Block, Range};
 use conf::{code, Error, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use host::lock::{lock_file_within, Locked};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::IpAddr;

@@ -3,12 +3,14 @@
 //! - [`netns`]: run code inside a network namespace on a dedicated thread; netns cookies.
 //! - [`link`]: links and addresses over rtnetlink (the only netlink code in weft's libraries),
 //!   including the host-side peer of a pod's veth.
+//! - [`lock`]: lock files (blocking, or with a timeout) for state shared between execs.
 //! - [`record`]: attachment records under `/var/lib/cni/<plugin>/` with validated keys, atomic
 //!   writes and a store lock.
 //! - [`error`]: [`HostError`] and its single mapping to CNI error codes.
 
 pub mod error;
 pub mod link;
+pub mod lock;
 pub mod logging;
 pub mod netns;
 pub mod record;

@@ -18,7 +18,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::HostError;
@@ -114,7 +113,7 @@ pub struct RecordStore {
 /// An exclusive `flock` on the store's `lock` file; released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
-    _lock: Flock<File>,
+    _lock: crate::lock::Locked,
 }
 
 impl RecordStore {
@@ -227,19 +226,7 @@ impl RecordStore {
     /// container only, so read-modify-write of shared state must hold this.
     pub fn lock(&self) -> Result<StoreLock, HostError> {
         self.ensure_dir()?;
-        let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            HostError::io(format!("flock {}", path.display()), errno.into())
-        })?;
+        let lock = crate::lock::lock_file(&self.dir.join(LOCK_FILE), true)?;
         Ok(StoreLock { _lock: lock })
     }
 
@@ -578,6 +565,7 @@ mod tests {
         let held = s.lock().unwrap();
         let path = s.dir().join(LOCK_FILE);
         let other = File::open(&path).unwrap();
+        use nix::fcntl::{Flock, FlockArg};
         let other = match Flock::lock(other, FlockArg::LockExclusiveNonblock) {
             Ok(_) => panic!("second exclusive lock granted while the first is held"),
             Err((f, errno)) => {
