@@ -4,7 +4,7 @@
 use conf::{CniResult, Request, Result};
 use host::{HostError, LinkInfo};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A veth-attached pod as kmesh-cni sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +115,6 @@ pub fn parse_mac(mac: Option<&str>) -> Result<[u8; 6]> {
         return Err(bad());
     }
     Ok(out)
-}
-
-/// Is the netns still there? DEL and GC treat a vanished one as "nothing inside to undo".
-pub fn netns_alive(netns: Option<&Path>) -> bool {
-    netns.is_some_and(host::netns_exists)
 }
 
 #[cfg(test)]
