@@ -2,7 +2,7 @@
 # weft setup: install build dependencies, build the suite (release), install the plugins into the
 # CNI bin dir, and smoke-test what was installed. Safe to re-run.
 #
-#   sudo ./install.sh [--bin-dir DIR] [--no-deps] [--no-build]
+#   ./install.sh [--bin-dir DIR] [--no-deps] [--no-build]      (as root: a root shell or sudo)
 #
 # It never writes /etc/cni/net.d: which network a node uses is the operator's call
 # (example conflists ship in conf/net.d; `weft chain` will manage them).
@@ -26,28 +26,17 @@ cd "$here"
 say() { printf '==> %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install.sh: run as root (sudo ./install.sh): it installs packages and writes $BIN_DIR" >&2
+  echo "install.sh: run as root (a root shell, or sudo ./install.sh): it installs packages and writes $BIN_DIR" >&2
   exit 1
 fi
 
-# Build-time dependencies from Debian: clang/llvm/libbpf for the eBPF objects, protoc for the
-# etcd client, the reference CNI plugins (weft chains after them and the smoke test uses them).
-BUILD_PKGS=(clang llvm libbpf-dev protobuf-compiler pkg-config containernetworking-plugins iproute2)
+# Build-time dependencies from Debian (clang + libbpf headers for the eBPF objects, protoc for the
+# etcd client, iproute2 and the reference plugins for the smoke test): stage `build` of the one
+# list, prerequisites.list.
 if [ "$INSTALL_DEPS" = 1 ]; then
-  missing=()
-  for p in "${BUILD_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    say "installing build dependencies: ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-  fi
+  ./prerequisites.sh install build
 fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "install.sh: cargo not found; weft needs a Rust toolchain >= 1.95 (rustup) on PATH" >&2
-  exit 1
-fi
+PATH="$(./prerequisites.sh cargo-dir):$PATH"
 
 if [ "$BUILD" = 1 ]; then
   say "building weft (release)"

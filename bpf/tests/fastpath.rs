@@ -94,7 +94,7 @@ fn stale_pins_with_another_layout_are_refused() {
     pins.root.ensure().unwrap();
     // What an older build with a 4-byte key would have left behind.
     let path = pins.root.path().join(bpf::MAP_ENDPOINTS);
-    let status = std::process::Command::new("bpftool")
+    let status = integration::proc::command("bpftool")
         .args(["map", "create"])
         .arg(&path)
         .args([

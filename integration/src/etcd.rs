@@ -3,16 +3,14 @@
 //! ports, a temp data dir, every member killed by its PID and the data removed on drop.
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-pub const ETCD: &str = "/usr/bin/etcd";
-pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+use crate::proc::command;
 
 struct Member {
     client_url: String,
@@ -34,12 +32,23 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl EtcdCluster {
+    /// The etcd server and etcdctl are installed (see [`crate::prereq::require`]).
+    #[track_caller]
+    pub fn require() -> bool {
+        crate::prereq::require(&["etcd", "etcdctl"])
+    }
+
     /// Starts the members and waits (up to 30 s) until the cluster answers `endpoint health`.
     pub fn start() -> Result<EtcdCluster> {
-        ensure!(
-            Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file(),
-            "{ETCD} and {ETCDCTL} needed (apt-get install etcd-server etcd-client)"
-        );
+        for tool in ["etcd", "etcdctl"] {
+            let p = crate::prereq::lookup(tool);
+            ensure!(
+                p.present(),
+                "{} needed (Debian package {})",
+                p.path,
+                p.package
+            );
+        }
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = tempfile::Builder::new()
             .prefix("weft-etcd-")
@@ -69,7 +78,7 @@ impl EtcdCluster {
             let log = std::fs::File::create(cluster.dir.path().join(format!("{name}.log")))?;
             let client_url = format!("http://127.0.0.1:{c}");
             let peer_url = format!("http://127.0.0.1:{p}");
-            let child = Command::new(ETCD)
+            let child = command("etcd")
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(cluster.dir.path().join(&name))
@@ -120,7 +129,7 @@ impl EtcdCluster {
             .filter(|m| m.child.is_some())
             .map(|m| m.client_url.as_str())
             .collect();
-        Command::new(ETCDCTL)
+        command("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", live.join(",")))
             .args(args)

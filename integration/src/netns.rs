@@ -84,6 +84,22 @@ impl TestNetns {
         out
     }
 
+    /// `ip netns exec <ns> <argv>`: a program (listed in prerequisites.list) run inside.
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        let program = crate::prereq::program(argv[0]);
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(&argv[1..]);
+        cmd("ip", &full)
+    }
+
+    /// The `Command` for `ip netns exec <ns> <argv>`, for a long-running server.
+    pub fn command(&self, argv: &[&str]) -> std::process::Command {
+        let mut c = crate::proc::command("ip");
+        c.args(["netns", "exec", &self.name, crate::prereq::program(argv[0])])
+            .args(&argv[1..]);
+        c
+    }
+
     /// Names of all links in the namespace (including `lo`).
     #[track_caller]
     pub fn links(&self) -> Vec<String> {

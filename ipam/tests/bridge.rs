@@ -8,13 +8,12 @@ use serde_json::{json, Value};
 use std::path::Path;
 use weft_ipam::store::file::FileStore;
 
-const BRIDGE: &str = "/usr/lib/cni/bridge";
-
 fn prerequisites() -> bool {
-    require(
-        Path::new(BRIDGE).exists(),
-        "reference bridge plugin at /usr/lib/cni/bridge (apt containernetworking-plugins)",
-    ) && require(is_root(), "root (ip netns add)")
+    integration::prereq::require_netns_env()
+}
+
+fn bridge_plugin() -> &'static Path {
+    Path::new(integration::prereq::program("/usr/lib/cni/bridge"))
 }
 
 fn bridge_conf(version: &str, bridge: &str, store: &Path, n: u8) -> Value {
@@ -39,7 +38,7 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
         netns: None,
         ..Call::new("VERSION", "")
     }
-    .run(Path::new(BRIDGE), &json!({"cniVersion": "0.3.0"}))
+    .run(bridge_plugin(), &json!({"cniVersion": "0.3.0"}))
     .ok()
     .json();
     let supported: Vec<&str> = VERSIONS
@@ -60,7 +59,7 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
         let br = unique("wbr");
         let _br_guard = Link(br.clone());
         let conf = bridge_conf(v, &br, store.path(), n);
-        let bridge = Path::new(BRIDGE);
+        let bridge = bridge_plugin();
         let (ns1, ns2) = (Netns::new(), Netns::new());
         let add = |ns: &Netns, id: &str| {
             Call::new("ADD", id)

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use integration::etcd::{free_port, EtcdCluster, ETCD, ETCDCTL};
+use integration::etcd::{free_port, EtcdCluster};
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -15,13 +15,7 @@ use std::time::{Duration, Instant};
 use weft_ipam::range::parse_key_hex;
 
 fn prerequisites() -> bool {
-    require(
-        Path::new(ETCD).exists(),
-        "etcd server at /usr/bin/etcd (apt etcd-server)",
-    ) && require(
-        Path::new(ETCDCTL).exists(),
-        "etcdctl at /usr/bin/etcdctl (apt etcd-client)",
-    )
+    EtcdCluster::require()
 }
 
 /// The shared 3-member etcd fixture (integration crate), plus what these tests read from it.

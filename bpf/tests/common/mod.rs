@@ -8,7 +8,6 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -23,32 +22,16 @@ pub fn unique_id() -> String {
     format!("{:x}{n:x}", std::process::id() & 0xfffff)
 }
 
-/// Root tests need root, iproute2 and ping. Under `CI=true` a missing prerequisite is a
-/// failure; otherwise the test is skipped with the reason printed.
-pub fn prerequisites(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_owned());
-    }
-    for tool in ["ip", "ping"] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            missing.push(format!("`{tool}` binary"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: missing prerequisites: {}", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: failing instead of skipping)");
-    }
-    eprintln!("SKIP {msg}");
-    false
+/// Root tests need root, iproute2, ping, sysctl and tc (`integration::prereq`: under `CI=true`
+/// a missing prerequisite is a failure; otherwise the test is skipped with the reason printed).
+pub fn prerequisites(_test: &str) -> bool {
+    integration::prereq::require_root()
+        && integration::prereq::require(&["ip", "ping", "sysctl", "tc", "bpftool"])
 }
 
 /// Run a command, panic with its output on failure.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
+    let out = integration::proc::command(args[0])
         .args(&args[1..])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
@@ -87,9 +70,10 @@ impl Netns {
 
     /// `ip netns exec <ns> ...` (exit status returned, output captured).
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
+        integration::proc::command("ip")
             .args(["netns", "exec", &self.name])
-            .args(args)
+            .arg(integration::prereq::program(args[0]))
+            .args(&args[1..])
             .output()
             .expect("ip netns exec")
     }
@@ -113,7 +97,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
+        let _ = integration::proc::command("ip")
             .args(["netns", "del", &self.name])
             .output();
     }

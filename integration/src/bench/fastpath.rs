@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -207,7 +207,7 @@ impl KubeRules {
             script.push_str("COMMIT\n");
         }
         let (out, _) = proc::run(
-            Command::new("iptables-restore").args(["-w", "5", "--noflush"]),
+            crate::proc::command("iptables-restore").args(["-w", "5", "--noflush"]),
             script.as_bytes(),
         )
         .context("run iptables-restore")?;
@@ -314,10 +314,8 @@ struct Server {
 
 impl Server {
     fn start(ns: &TestNetns, port: u16, argv: &[&str]) -> Result<Server> {
-        let mut command = Command::new("ip");
+        let mut command = ns.command(argv);
         command
-            .args(["netns", "exec", ns.name()])
-            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -355,16 +353,15 @@ impl Drop for Server {
 }
 
 fn ns_cmd(ns: &TestNetns, argv: &[&str]) -> proc::Output {
-    cmd("ip", &[&["netns", "exec", ns.name()][..], argv].concat())
+    ns.exec(argv)
 }
 
 // ---- measuring ---------------------------------------------------------------------------
 
 /// Run `argv` inside `ns`, killing it after `limit` (or on Ctrl-C); its stdout and stderr.
 fn run_bounded(ns: &TestNetns, argv: &[&str], limit: Duration) -> Result<(String, String)> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .args(argv)
+    let mut child = ns
+        .command(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -628,10 +625,13 @@ impl Node {
             "{} not found (cargo build --release -p kmesh-cni)",
             kmesh.display()
         );
-        for tool in ["iperf3", "sockperf", "bpftool", "ss"] {
+        for tool in ["iperf3", "sockperf", "bpftool", "ss", "iptables-restore"] {
+            let p = crate::prereq::lookup(tool);
             ensure!(
-                cmd("sh", &["-c", "command -v \"$0\"", tool]).success(),
-                "{tool} not found (apt-get install iperf3 sockperf bpftool iproute2)"
+                p.present(),
+                "{} not found (Debian package {})",
+                p.path,
+                p.package
             );
         }
         let pins = PinDir::new(tag)?;

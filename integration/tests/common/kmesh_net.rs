@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use integration::cni::{exec_plugin, Cnitool, PluginEnv};
 use integration::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
-use integration::prereq::{missing, require_netns_env};
-use integration::proc::{cmd, Output};
+use integration::prereq::{require, require_netns_env};
+use integration::proc::Output;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -24,13 +24,7 @@ pub const MANAGED_F_ENROLLED: u32 = 1;
 
 /// Netns tests plus bpftool, which reads the pinned maps back.
 pub fn prerequisites() -> bool {
-    if !require_netns_env() {
-        return false;
-    }
-    if !cmd("sh", &["-c", "command -v bpftool"]).success() {
-        return missing("bpftool not installed (apt-get install bpftool)");
-    }
-    true
+    require_netns_env() && require(&["bpftool", "tc", "ping", "perl"])
 }
 
 pub const ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";

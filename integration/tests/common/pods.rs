@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use integration::cni::mask;
 use integration::netns::TestNetns;
@@ -14,9 +14,7 @@ use serde_json::Value;
 
 /// `ip netns exec <ns> <args>`.
 pub fn netns_exec(ns: &TestNetns, args: &[&str]) -> Output {
-    let mut full = vec!["netns", "exec", ns.name()];
-    full.extend_from_slice(args);
-    cmd("ip", &full)
+    ns.exec(args)
 }
 
 /// What one ping from `from` to `to` showed.
@@ -112,8 +110,8 @@ impl Listener {
     }
 
     fn spawn(ns: &TestNetns, addr: IpAddr, port: u16, script: &str) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "perl", "-e", script])
+        let mut child = ns
+            .command(&["perl", "-e", script])
             .arg(addr.to_string())
             .arg(port.to_string())
             .arg(PONG)

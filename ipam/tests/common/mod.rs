@@ -1,5 +1,5 @@
 //! Small fixtures for weft-ipam's black-box tests: exec a CNI plugin binary with CNI_* env,
-//! prerequisite checks that fail under CI=true, and Drop guards for netns and links.
+//! and Drop guards for netns and links. Prerequisites: `integration::prereq` (the one list).
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -17,22 +17,6 @@ pub fn ipam_bin() -> PathBuf {
 /// CNI_PATH that finds weft-ipam first, then the Debian reference plugins.
 pub fn cni_path() -> String {
     format!("{}:/usr/lib/cni", ipam_bin().parent().unwrap().display())
-}
-
-/// A missing prerequisite: a failure under CI=true, a visible skip elsewhere.
-pub fn require(ok: bool, what: &str) -> bool {
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("prerequisite missing under CI=true: {what}");
-        }
-        eprintln!("SKIP: prerequisite missing: {what}");
-    }
-    ok
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[derive(Debug)]
@@ -168,7 +152,10 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn ip(args: &[&str]) -> std::process::Output {
-    Command::new("ip").args(args).output().expect("run ip")
+    integration::proc::command("ip")
+        .args(args)
+        .output()
+        .expect("run ip")
 }
 
 /// A named network namespace, deleted on drop (which also removes veths inside it).

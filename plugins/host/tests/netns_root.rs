@@ -7,10 +7,9 @@
 
 use std::{
     fs::File,
-    io::Write,
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
 };
 
 use host::{
@@ -19,28 +18,15 @@ use host::{
 };
 
 /// True if the test can run; false (after printing why) if it should be skipped.
-fn prerequisites(test: &str) -> bool {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("needs root")
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("needs iproute2's `ip`")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if ci => panic!("{test}: {why} (CI=true: missing prerequisites fail)"),
-        Some(why) => {
-            // Straight to stderr: libtest captures eprintln! of passing tests.
-            let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
-            false
-        }
-    }
+fn prerequisites(_test: &str) -> bool {
+    integration::prereq::require_root() && integration::prereq::require(&["ip", "sleep"])
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    let out = integration::proc::command("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -75,7 +61,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
+        let _ = integration::proc::command("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
@@ -96,7 +82,7 @@ impl HostLink {
 
 impl Drop for HostLink {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
+        let _ = integration::proc::command("ip")
             .args(["link", "del", &self.name])
             .stderr(Stdio::null())
             .status();
@@ -119,7 +105,7 @@ impl ChildInNetns {
     fn spawn(ns: &Netns) -> Self {
         let file = File::open(ns.path()).unwrap();
         let fd = file.as_raw_fd();
-        let mut cmd = Command::new("sleep");
+        let mut cmd = integration::proc::command("sleep");
         cmd.arg("600");
         // SAFETY: setns(2) is async-signal-safe; `file` outlives spawn(), which returns only
         // after exec, so the child is inside the netns by the time we look at it.
