@@ -9,32 +9,57 @@
  *
  * Rules for editing: fixed-width types only, no implicit padding (every hole is
  * an explicit, zeroed `pad` field), keep 8-byte alignment of 64-bit fields.
- * Changing a layout changes the pinned maps' key/value sizes; open_or_create()
- * refuses stale pins with a different layout instead of silently misreading them.
+ * Changing a layout changes the pinned maps' key/value sizes: bump
+ * WEFT_LAYOUT_VERSION, and teach src/legacy.rs to move the previous layout's
+ * pins aside (pods attached before the upgrade keep them until their DEL).
+ * open_or_create() refuses pins of an unknown layout instead of misreading them.
  */
 #ifndef WEFT_H
 #define WEFT_H
 
 #include <linux/types.h>
 
+/*
+ * Version of the layouts below. 1: endpoints keyed by address alone (one
+ * address space per node); 2: every entry scoped to its CNI network.
+ */
+#define WEFT_LAYOUT_VERSION 2
+
 /* Map names: also the pin file names under the pin root (/sys/fs/bpf/weft). */
 #define WEFT_MAP_ENDPOINTS "endpoints"
+#define WEFT_MAP_DEVICES "devices"
 #define WEFT_MAP_COUNTERS "counters"
 #define WEFT_MAP_MANAGED "managed"
 
 #define WEFT_ENDPOINTS_MAX 65536
+#define WEFT_DEVICES_MAX 65536
 #define WEFT_MANAGED_MAX 65536
 #define WEFT_COUNTERS_MAX 1 /* one slot, per CPU */
 
-/* --- endpoints: destination pod address -> how to reach it ------------- */
+/*
+ * Networks. A node runs many CNI networks at once, and two of them may use the
+ * same addresses. Userspace names each network by a 64-bit id (a hash of its
+ * CNI network name, never 0); every entry carries the id of the network it
+ * belongs to, and the program only redirects within the sending pod's network.
+ */
+
+/* --- devices: host-side veth ifindex -> the network of the pod behind it --- */
+
+struct weft_device {
+	__u64 network; /* network id of the pod behind this veth */
+	__u64 owner;   /* opaque to BPF; userspace's ownership token */
+};
+
+/* --- endpoints: (network, destination pod address) -> how to reach it ---- */
 
 #define WEFT_FAMILY_IPV4 4
 #define WEFT_FAMILY_IPV6 6
 
 struct weft_endpoint_key {
+	__u64 network; /* network id (see above) */
 	__u8 addr[16]; /* network byte order; IPv4 uses addr[0..4], rest zero */
 	__u8 family;   /* WEFT_FAMILY_IPV4 or WEFT_FAMILY_IPV6 */
-	__u8 pad[3];   /* must be zero (part of the hash key) */
+	__u8 pad[7];   /* must be zero (part of the hash key) */
 };
 
 /*
@@ -69,6 +94,7 @@ struct weft_counters {
 	__u64 pass_l2_mismatch;   /* bridged endpoint but frame not addressed to its MAC */
 	__u64 pass_malformed;     /* truncated or invalid headers */
 	__u64 pass_hairpin;       /* destination behind the interface the packet came from */
+	__u64 pass_no_device;     /* sending veth not known to weft (no network to look in) */
 };
 
 /* --- managed: netns cookie -> mesh enrolment ---------------------------- */
@@ -78,6 +104,7 @@ struct weft_counters {
 struct weft_managed {
 	__u32 flags;   /* WEFT_MANAGED_F_* */
 	__u32 ifindex; /* host-side veth of the pod, 0 if unknown */
+	__u64 owner;   /* opaque; the attachment that enrolled the pod (removes only its own) */
 };
 
 #endif /* WEFT_H */

@@ -12,55 +12,85 @@ mod c {
 }
 
 pub use c::{
-    WEFT_COUNTERS_MAX as COUNTERS_MAX, WEFT_ENDPOINTS_MAX as ENDPOINTS_MAX,
-    WEFT_EP_F_ROUTED as EP_F_ROUTED, WEFT_MANAGED_F_ENROLLED as MANAGED_F_ENROLLED,
+    WEFT_COUNTERS_MAX as COUNTERS_MAX, WEFT_DEVICES_MAX as DEVICES_MAX,
+    WEFT_ENDPOINTS_MAX as ENDPOINTS_MAX, WEFT_EP_F_ROUTED as EP_F_ROUTED,
+    WEFT_LAYOUT_VERSION as LAYOUT_VERSION, WEFT_MANAGED_F_ENROLLED as MANAGED_F_ENROLLED,
     WEFT_MANAGED_MAX as MANAGED_MAX, WEFT_MAP_COUNTERS as MAP_COUNTERS,
-    WEFT_MAP_ENDPOINTS as MAP_ENDPOINTS, WEFT_MAP_MANAGED as MAP_MANAGED,
+    WEFT_MAP_DEVICES as MAP_DEVICES, WEFT_MAP_ENDPOINTS as MAP_ENDPOINTS,
+    WEFT_MAP_MANAGED as MAP_MANAGED,
 };
 
-/// `struct weft_endpoint_key`: a destination pod address.
+/// The id of a CNI network in the maps: FNV-1a of its name, never 0 (0 is what a zeroed key
+/// would carry). Stable across builds and processes, so every exec agrees on it.
+pub fn network_id(name: &str) -> u64 {
+    owner_token(&["network", name]).max(1)
+}
+
+/// `(family, 16 address bytes)` as the maps store an address.
+pub(crate) fn addr_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut addr = [0u8; 16];
+    let family = match ip {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            c::WEFT_FAMILY_IPV4
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            c::WEFT_FAMILY_IPV6
+        }
+    };
+    (family as u8, addr)
+}
+
+/// The address of `(family, addr)`; `None` for an unknown family.
+pub(crate) fn addr_ip(family: u8, addr: &[u8; 16]) -> Option<IpAddr> {
+    match u32::from(family) {
+        c::WEFT_FAMILY_IPV4 => {
+            let v4: [u8; 4] = addr[..4].try_into().expect("4 bytes");
+            Some(IpAddr::from(v4))
+        }
+        c::WEFT_FAMILY_IPV6 => Some(IpAddr::from(*addr)),
+        _ => None,
+    }
+}
+
+/// `struct weft_device`: the network of the pod behind a host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Device {
+    /// [`network_id`] of the pod's network.
+    pub network: u64,
+    /// Ownership token chosen by userspace (see [`owner_token`]); never read by BPF.
+    pub owner: u64,
+}
+
+/// `struct weft_endpoint_key`: a destination pod address in one network.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
+    /// [`network_id`] of the network the address belongs to.
+    pub network: u64,
     /// Network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
     /// `WEFT_FAMILY_IPV4` (4) or `WEFT_FAMILY_IPV6` (6).
     pub family: u8,
-    pub pad: [u8; 3],
-}
-
-impl From<IpAddr> for EndpointKey {
-    fn from(ip: IpAddr) -> Self {
-        let mut addr = [0u8; 16];
-        let family = match ip {
-            IpAddr::V4(v4) => {
-                addr[..4].copy_from_slice(&v4.octets());
-                c::WEFT_FAMILY_IPV4
-            }
-            IpAddr::V6(v6) => {
-                addr = v6.octets();
-                c::WEFT_FAMILY_IPV6
-            }
-        };
-        EndpointKey {
-            addr,
-            family: family as u8,
-            pad: [0; 3],
-        }
-    }
+    pub pad: [u8; 7],
 }
 
 impl EndpointKey {
+    pub fn new(network: u64, ip: IpAddr) -> Self {
+        let (family, addr) = addr_bytes(ip);
+        EndpointKey {
+            network,
+            addr,
+            family,
+            pad: [0; 7],
+        }
+    }
+
     /// The address this key stands for; `None` for a key with an unknown family.
     pub fn ip(&self) -> Option<IpAddr> {
-        match u32::from(self.family) {
-            c::WEFT_FAMILY_IPV4 => {
-                let v4: [u8; 4] = self.addr[..4].try_into().expect("4 bytes");
-                Some(IpAddr::from(v4))
-            }
-            c::WEFT_FAMILY_IPV6 => Some(IpAddr::from(self.addr)),
-            _ => None,
-        }
+        addr_ip(self.family, &self.addr)
     }
 }
 
@@ -121,6 +151,7 @@ pub struct Counters {
     pub pass_l2_mismatch: u64,
     pub pass_malformed: u64,
     pub pass_hairpin: u64,
+    pub pass_no_device: u64,
 }
 
 impl Counters {
@@ -137,6 +168,7 @@ impl Counters {
         self.pass_l2_mismatch += o.pass_l2_mismatch;
         self.pass_malformed += o.pass_malformed;
         self.pass_hairpin += o.pass_hairpin;
+        self.pass_no_device += o.pass_no_device;
     }
 }
 
@@ -148,10 +180,13 @@ pub struct Managed {
     pub flags: u32,
     /// Host-side veth of the pod, 0 if unknown.
     pub ifindex: u32,
+    /// The attachment that enrolled the pod ([`owner_token`]); it alone removes the entry.
+    pub owner: u64,
 }
 
 // SAFETY: plain `repr(C)` structs of integers and byte arrays with no implicit padding
 // (checked against C by the tests below), so every bit pattern is valid.
+unsafe impl aya::Pod for Device {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for Endpoint {}
 unsafe impl aya::Pod for Counters {}
@@ -193,10 +228,21 @@ mod tests {
         }
         vec![
             (
+                "weft_device",
+                size_of::<Device>(),
+                align_of::<Device>(),
+                fields!(Device { network, owner }),
+            ),
+            (
                 "weft_endpoint_key",
                 size_of::<EndpointKey>(),
                 align_of::<EndpointKey>(),
-                fields!(EndpointKey { addr, family, pad }),
+                fields!(EndpointKey {
+                    network,
+                    addr,
+                    family,
+                    pad
+                }),
             ),
             (
                 "weft_endpoint",
@@ -227,13 +273,18 @@ mod tests {
                     pass_l2_mismatch,
                     pass_malformed,
                     pass_hairpin,
+                    pass_no_device,
                 }),
             ),
             (
                 "weft_managed",
                 size_of::<Managed>(),
                 align_of::<Managed>(),
-                fields!(Managed { flags, ifindex }),
+                fields!(Managed {
+                    flags,
+                    ifindex,
+                    owner
+                }),
             ),
         ]
     }
@@ -276,14 +327,26 @@ mod tests {
     fn endpoint_key_round_trips_addresses() {
         for ip in ["10.1.2.3", "fd00::1", "::ffff:10.1.2.3", "0.0.0.0"] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(EndpointKey::from(ip).ip(), Some(ip));
+            assert_eq!(EndpointKey::new(7, ip).ip(), Some(ip));
         }
         // An IPv4 address and its IPv4-mapped IPv6 form are different keys.
-        let v4 = EndpointKey::from("10.1.2.3".parse::<IpAddr>().unwrap());
-        let mapped = EndpointKey::from("::ffff:10.1.2.3".parse::<IpAddr>().unwrap());
+        let v4 = EndpointKey::new(7, "10.1.2.3".parse::<IpAddr>().unwrap());
+        let mapped = EndpointKey::new(7, "::ffff:10.1.2.3".parse::<IpAddr>().unwrap());
         assert_ne!(v4, mapped);
         assert_eq!(&v4.addr[..4], &[10, 1, 2, 3]);
         assert_eq!(v4.addr[4..], [0; 12]);
+        // The same address in two networks: two keys.
+        assert_ne!(
+            v4,
+            EndpointKey::new(8, "10.1.2.3".parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn network_ids_differ_per_name_and_are_never_zero() {
+        assert_ne!(network_id("net1"), network_id("net2"));
+        assert_eq!(network_id("net1"), network_id("net1"));
+        assert_ne!(network_id(""), 0);
     }
 
     #[test]

@@ -13,12 +13,16 @@
 //! let root = bpf::PinRoot::default();
 //! let mut maps = bpf::Maps::open_or_create(&root)?;
 //! let mode = if bpf::probe::features().tcx { bpf::Mode::Tcx } else { bpf::Mode::Tc };
+//! let net = bpf::network_id("pods");                  // the CNI network's name
+//! let owner = bpf::owner_token(&["pods", "c0ffee", "eth0"]);
 //! let att = maps.attach("veth1234", mode, "c0ffee-eth0")?;   // store `att` in the record
-//! let ep = bpf::Endpoint::new(att.ifindex, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], false,
-//!                             bpf::owner_token(&["c0ffee", "eth0"]));
-//! maps.endpoints.insert("10.0.0.5".parse().unwrap(), &ep)?;
+//! let dev = bpf::Device { network: net, owner };
+//! maps.devices.insert(att.ifindex, &dev)?;            // which network this veth's pod is in
+//! let ep = bpf::Endpoint::new(att.ifindex, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], false, owner);
+//! maps.endpoints.insert(net, "10.0.0.5".parse().unwrap(), &ep)?;
 //! // DEL:
-//! maps.endpoints.remove_if_owner("10.0.0.5".parse().unwrap(), &ep)?;
+//! maps.endpoints.remove_if_owner(net, "10.0.0.5".parse().unwrap(), &ep)?;
+//! maps.devices.remove_if_owner(att.ifindex, &dev)?;
 //! bpf::detach(&root, &att)?;
 //! # Ok(()) }
 //! ```
@@ -26,6 +30,7 @@
 mod attach;
 mod error;
 mod layout;
+pub mod legacy;
 mod maps;
 mod pin;
 pub mod probe;
@@ -33,10 +38,12 @@ pub mod probe;
 pub use attach::{detach, detach_key, is_attached, Attachment, Mode, TC_HANDLE, TC_PRIORITY};
 pub use error::{Error, Result};
 pub use layout::{
-    owner_token, Counters, Endpoint, EndpointKey, Managed, COUNTERS_MAX, ENDPOINTS_MAX,
-    EP_F_ROUTED, MANAGED_F_ENROLLED, MANAGED_MAX, MAP_COUNTERS, MAP_ENDPOINTS, MAP_MANAGED,
+    network_id, owner_token, Counters, Device, Endpoint, EndpointKey, Managed, COUNTERS_MAX,
+    DEVICES_MAX, ENDPOINTS_MAX, EP_F_ROUTED, LAYOUT_VERSION, MANAGED_F_ENROLLED, MANAGED_MAX,
+    MAP_COUNTERS, MAP_DEVICES, MAP_ENDPOINTS, MAP_MANAGED,
 };
-pub use maps::{Endpoints, ManagedMap, Maps};
+pub use legacy::LegacyMaps;
+pub use maps::{Devices, Endpoints, ManagedMap, Maps};
 pub use pin::{ensure_bpffs, is_bpffs, validate_key, PinRoot, BPFFS};
 
 mod objects {

@@ -10,8 +10,8 @@ use aya::{
 };
 
 use crate::{
-    layout::{self, Counters, Endpoint, EndpointKey, Managed},
-    objects,
+    layout::{self, Counters, Device, Endpoint, EndpointKey, Managed},
+    legacy, objects,
     pin::PinRoot,
     Error, Result,
 };
@@ -29,6 +29,7 @@ pub struct Maps {
     /// the common exec that finds everything pinned never builds one.
     ebpf: Option<aya::Ebpf>,
     pub endpoints: Endpoints,
+    pub devices: Devices,
     pub managed: ManagedMap,
     counters: PerCpuArray<MapData, Counters>,
     /// The pinned program, once [`Maps::program`] has run.
@@ -36,8 +37,9 @@ pub struct Maps {
 }
 
 /// Every map the object defines; all of them pinned means nothing needs creating.
-const MAP_NAMES: [&str; 3] = [
+const MAP_NAMES: [&str; 4] = [
     layout::MAP_ENDPOINTS,
+    layout::MAP_DEVICES,
     layout::MAP_COUNTERS,
     layout::MAP_MANAGED,
 ];
@@ -45,17 +47,19 @@ const MAP_NAMES: [&str; 3] = [
 impl Maps {
     /// Open the pinned maps under `root`, creating and pinning them if absent.
     ///
-    /// Pins left by a weft build with a different map layout are refused
+    /// Pins of the previous layout (a release before network scoping) are moved aside for
+    /// the pods still using them ([`crate::legacy`]); pins of an unknown layout are refused
     /// ([`Error::StaleMap`]) rather than reused with the wrong sizes.
     pub fn open_or_create(root: &PinRoot) -> Result<Maps> {
         root.ensure()?;
         // Two execs starting at once must not both create (and fail to pin) the maps.
         let _lock = root.lock()?;
+        legacy::move_aside(root)?;
         check_pinned_layouts(root)?;
 
         let map_err = |map: &'static str| move |source| Error::Map { map, source };
         let all_pinned = MAP_NAMES.iter().all(|n| root.path().join(n).exists());
-        let (ebpf, endpoints, managed, counters) = if all_pinned {
+        let (ebpf, endpoints, devices, managed, counters) = if all_pinned {
             let pinned = |name: &'static str| {
                 MapData::from_pin(root.path().join(name)).map_err(map_err(name))
             };
@@ -63,6 +67,8 @@ impl Maps {
                 None,
                 HashMap::try_from(Map::HashMap(pinned(layout::MAP_ENDPOINTS)?))
                     .map_err(map_err(layout::MAP_ENDPOINTS))?,
+                HashMap::try_from(Map::HashMap(pinned(layout::MAP_DEVICES)?))
+                    .map_err(map_err(layout::MAP_DEVICES))?,
                 HashMap::try_from(Map::HashMap(pinned(layout::MAP_MANAGED)?))
                     .map_err(map_err(layout::MAP_MANAGED))?,
                 PerCpuArray::try_from(Map::PerCpuArray(pinned(layout::MAP_COUNTERS)?))
@@ -78,11 +84,13 @@ impl Maps {
             };
             let endpoints = HashMap::try_from(take(layout::MAP_ENDPOINTS)?)
                 .map_err(map_err(layout::MAP_ENDPOINTS))?;
+            let devices = HashMap::try_from(take(layout::MAP_DEVICES)?)
+                .map_err(map_err(layout::MAP_DEVICES))?;
             let managed = HashMap::try_from(take(layout::MAP_MANAGED)?)
                 .map_err(map_err(layout::MAP_MANAGED))?;
             let counters = PerCpuArray::try_from(take(layout::MAP_COUNTERS)?)
                 .map_err(map_err(layout::MAP_COUNTERS))?;
-            (Some(ebpf), endpoints, managed, counters)
+            (Some(ebpf), endpoints, devices, managed, counters)
         };
 
         Ok(Maps {
@@ -92,7 +100,14 @@ impl Maps {
                 root: root.clone(),
                 map: endpoints,
             },
-            managed: ManagedMap { map: managed },
+            devices: Devices {
+                root: root.clone(),
+                map: devices,
+            },
+            managed: ManagedMap {
+                root: root.clone(),
+                map: managed,
+            },
             counters,
             prog: None,
         })
@@ -143,7 +158,11 @@ impl Maps {
             .map_ids()
             .map_err(|e| Error::program("program map ids", e))?
             .unwrap_or_default();
-        for name in [layout::MAP_ENDPOINTS, layout::MAP_COUNTERS] {
+        for name in [
+            layout::MAP_ENDPOINTS,
+            layout::MAP_DEVICES,
+            layout::MAP_COUNTERS,
+        ] {
             let id = pinned_map_info(&self.root, name)?.map(|i| i.id());
             if id.is_none_or(|id| !prog_maps.contains(&id)) {
                 tracing::warn!(pin = %pin.display(), "pinned program uses other maps; replacing it");
@@ -227,6 +246,12 @@ fn check_pinned_layouts(root: &PinRoot) -> Result<()> {
             layout::ENDPOINTS_MAX,
         ),
         (
+            layout::MAP_DEVICES,
+            size_of::<u32>(),
+            size_of::<Device>(),
+            layout::DEVICES_MAX,
+        ),
+        (
             layout::MAP_COUNTERS,
             size_of::<u32>(),
             size_of::<Counters>(),
@@ -260,7 +285,7 @@ fn check_pinned_layouts(root: &PinRoot) -> Result<()> {
     Ok(())
 }
 
-fn is_enoent(e: &MapError) -> bool {
+pub(crate) fn is_enoent(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -268,7 +293,42 @@ fn is_enoent(e: &MapError) -> bool {
     }
 }
 
-/// The `endpoints` map: destination pod address -> delivery.
+/// Compare-and-delete on a hash map: the kernel has none, so the read-compare-delete runs
+/// under the pin-root lock, which every weft writer takes. Removes `key` only while its value
+/// is still `expected`; a missing entry is not an error. Returns whether something was removed.
+pub(crate) fn remove_if_equal<K: aya::Pod, V: aya::Pod + PartialEq>(
+    root: &PinRoot,
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    key: &K,
+    expected: &V,
+) -> Result<bool> {
+    let _lock = root.lock()?;
+    let err = |source| Error::Map { map: name, source };
+    match get_opt(map, key).map_err(err)? {
+        Some(v) if v == *expected => {}
+        _ => return Ok(false),
+    }
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(e) if is_enoent(&e) => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// `get` with "no such key" as `None`.
+pub(crate) fn get_opt<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> std::result::Result<Option<V>, MapError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `endpoints` map: (network, destination pod address) -> delivery.
 pub struct Endpoints {
     root: PinRoot,
     map: HashMap<MapData, EndpointKey, Endpoint>,
@@ -282,59 +342,93 @@ impl Endpoints {
         }
     }
 
-    /// Insert or replace the entry for `ip` (the newest pod owning an address wins).
-    pub fn insert(&mut self, ip: IpAddr, ep: &Endpoint) -> Result<()> {
+    /// Insert or replace the entry for `ip` in `network` (the newest pod owning an address in
+    /// a network wins; other networks' entries for the same address are separate keys).
+    pub fn insert(&mut self, network: u64, ip: IpAddr, ep: &Endpoint) -> Result<()> {
         let _lock = self.root.lock()?;
         self.map
-            .insert(EndpointKey::from(ip), ep, 0)
+            .insert(EndpointKey::new(network, ip), ep, 0)
             .map_err(Self::err)
     }
 
-    pub fn get(&self, ip: IpAddr) -> Result<Option<Endpoint>> {
-        match self.map.get(&EndpointKey::from(ip), 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(Self::err(e)),
-        }
+    pub fn get(&self, network: u64, ip: IpAddr) -> Result<Option<Endpoint>> {
+        get_opt(&self.map, &EndpointKey::new(network, ip)).map_err(Self::err)
     }
 
-    /// Remove the entry for `ip` only if it is still exactly `expected` (what we
+    /// Remove the entry for `ip` in `network` only if it is still exactly `expected` (what we
     /// inserted). If the address was meanwhile given to a new pod, its entry stays.
-    /// Returns whether something was removed; a missing entry is not an error.
-    ///
-    /// The kernel has no compare-and-delete for hash maps: the read-compare-delete runs
-    /// under the pin-root lock, which every weft writer takes.
-    pub fn remove_if_owner(&mut self, ip: IpAddr, expected: &Endpoint) -> Result<bool> {
-        let _lock = self.root.lock()?;
-        let key = EndpointKey::from(ip);
-        match self.map.get(&key, 0) {
-            Ok(v) if v == *expected => {}
-            Ok(_) => return Ok(false),
-            Err(e) if is_enoent(&e) => return Ok(false),
-            Err(e) => return Err(Self::err(e)),
-        }
-        match self.map.remove(&key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(Self::err(e)),
-        }
+    pub fn remove_if_owner(
+        &mut self,
+        network: u64,
+        ip: IpAddr,
+        expected: &Endpoint,
+    ) -> Result<bool> {
+        let key = EndpointKey::new(network, ip);
+        remove_if_equal(
+            &self.root,
+            &mut self.map,
+            layout::MAP_ENDPOINTS,
+            &key,
+            expected,
+        )
     }
 
-    /// Every entry (for GC and inspection).
-    pub fn list(&self) -> Result<Vec<(IpAddr, Endpoint)>> {
+    /// Every entry as (network id, address, value), for GC and inspection.
+    pub fn list(&self) -> Result<Vec<(u64, IpAddr, Endpoint)>> {
         let mut out = Vec::new();
         for kv in self.map.iter() {
             let (k, v) = kv.map_err(Self::err)?;
             if let Some(ip) = k.ip() {
-                out.push((ip, v));
+                out.push((k.network, ip, v));
             }
         }
         Ok(out)
     }
 }
 
+/// The `devices` map: host-side veth ifindex -> the network of the pod behind it.
+pub struct Devices {
+    root: PinRoot,
+    map: HashMap<MapData, u32, Device>,
+}
+
+impl Devices {
+    fn err(source: MapError) -> Error {
+        Error::Map {
+            map: layout::MAP_DEVICES,
+            source,
+        }
+    }
+
+    /// Insert or replace (an ifindex of a deleted veth can come back on a new one).
+    pub fn insert(&mut self, ifindex: u32, dev: &Device) -> Result<()> {
+        let _lock = self.root.lock()?;
+        self.map.insert(ifindex, dev, 0).map_err(Self::err)
+    }
+
+    pub fn get(&self, ifindex: u32) -> Result<Option<Device>> {
+        get_opt(&self.map, &ifindex).map_err(Self::err)
+    }
+
+    /// Remove the entry only while it is still `expected` (see [`Endpoints::remove_if_owner`]).
+    pub fn remove_if_owner(&mut self, ifindex: u32, expected: &Device) -> Result<bool> {
+        remove_if_equal(
+            &self.root,
+            &mut self.map,
+            layout::MAP_DEVICES,
+            &ifindex,
+            expected,
+        )
+    }
+
+    pub fn list(&self) -> Result<Vec<(u32, Device)>> {
+        self.map.iter().map(|kv| kv.map_err(Self::err)).collect()
+    }
+}
+
 /// The `managed` map: netns cookie -> mesh enrolment (see `host::netns_cookie`).
 pub struct ManagedMap {
+    root: PinRoot,
     map: HashMap<MapData, u64, Managed>,
 }
 
@@ -347,25 +441,24 @@ impl ManagedMap {
     }
 
     pub fn insert(&mut self, netns_cookie: u64, value: &Managed) -> Result<()> {
+        let _lock = self.root.lock()?;
         self.map.insert(netns_cookie, value, 0).map_err(Self::err)
     }
 
     pub fn get(&self, netns_cookie: u64) -> Result<Option<Managed>> {
-        match self.map.get(&netns_cookie, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_enoent(&e) => Ok(None),
-            Err(e) => Err(Self::err(e)),
-        }
+        get_opt(&self.map, &netns_cookie).map_err(Self::err)
     }
 
-    /// Remove the enrolment; `Ok(false)` if there was none. Netns cookies are never
-    /// reused during a boot, so no ownership check is needed.
-    pub fn remove(&mut self, netns_cookie: u64) -> Result<bool> {
-        match self.map.remove(&netns_cookie) {
-            Ok(()) => Ok(true),
-            Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(Self::err(e)),
-        }
+    /// Remove the enrolment only while it is still `expected`: a pod enrolled through two
+    /// networks shares one netns cookie, and one network's DEL must not unenrol the other's.
+    pub fn remove_if_owner(&mut self, netns_cookie: u64, expected: &Managed) -> Result<bool> {
+        remove_if_equal(
+            &self.root,
+            &mut self.map,
+            layout::MAP_MANAGED,
+            &netns_cookie,
+            expected,
+        )
     }
 
     pub fn list(&self) -> Result<Vec<(u64, Managed)>> {

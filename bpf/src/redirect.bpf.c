@@ -9,6 +9,10 @@
  *
  * Headers are read with bpf_skb_load_bytes() into stack copies, so the program
  * does not depend on how much of the packet is linear.
+ *
+ * Networks: the sending veth's network comes from the devices map, and the
+ * destination is looked up in that network only, so pods of two networks that
+ * share addresses never reach each other through this program.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -30,6 +34,14 @@ struct {
 	__type(value, struct weft_endpoint);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_DEVICES_MAX);
+	__type(key, __u32);
+	__type(value, struct weft_device);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} devices SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -133,8 +145,14 @@ int weft_redirect(struct __sk_buff *skb)
 	if (eth.h_dest[0] & 1) /* broadcast or multicast group bit */
 		return pass(skb, c, &c->pass_multicast);
 
+	__u32 ifindex = skb->ifindex;
+	const struct weft_device *dev = bpf_map_lookup_elem(&devices, &ifindex);
+	if (!dev)
+		return pass(skb, c, &c->pass_no_device);
+
 	struct weft_endpoint_key key = {};
 	const struct weft_endpoint *ep;
+	key.network = dev->network;
 
 	if (eth.h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;

@@ -36,7 +36,12 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
     }
     let pins = TestPins::new(&unique_id());
     let mut first = Maps::open_or_create(&pins.root).unwrap();
-    for name in [bpf::MAP_ENDPOINTS, bpf::MAP_COUNTERS, bpf::MAP_MANAGED] {
+    for name in [
+        bpf::MAP_ENDPOINTS,
+        bpf::MAP_DEVICES,
+        bpf::MAP_COUNTERS,
+        bpf::MAP_MANAGED,
+    ] {
         assert!(pins.root.path().join(name).exists(), "{name} not pinned");
     }
     assert_eq!(first.counters().unwrap(), Counters::default());
@@ -50,10 +55,28 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
         false,
         bpf::owner_token(&["a", "eth0"]),
     );
-    first.endpoints.insert(ip, &ep).unwrap();
+    let net = bpf::network_id("net1");
+    first.endpoints.insert(net, ip, &ep).unwrap();
     let mut second = Maps::open_or_create(&pins.root).unwrap();
-    assert_eq!(second.endpoints.get(ip).unwrap(), Some(ep));
-    assert_eq!(second.endpoints.list().unwrap(), vec![(ip, ep)]);
+    assert_eq!(second.endpoints.get(net, ip).unwrap(), Some(ep));
+    assert_eq!(second.endpoints.list().unwrap(), vec![(net, ip, ep)]);
+
+    // The same address in another network is another entry: neither overwrites the other.
+    let other_net = bpf::network_id("net2");
+    let theirs = Endpoint::new(
+        9,
+        [2, 0, 0, 0, 0, 5],
+        [2, 0, 0, 0, 0, 6],
+        false,
+        bpf::owner_token(&["c", "eth0"]),
+    );
+    second.endpoints.insert(other_net, ip, &theirs).unwrap();
+    assert_eq!(first.endpoints.get(net, ip).unwrap(), Some(ep));
+    assert!(second
+        .endpoints
+        .remove_if_owner(other_net, ip, &theirs)
+        .unwrap());
+    assert_eq!(first.endpoints.get(net, ip).unwrap(), Some(ep));
 
     // IP reuse race: a new pod got the address; the old pod's DEL must not remove it.
     let newer = Endpoint::new(
@@ -63,13 +86,29 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
         false,
         bpf::owner_token(&["b", "eth0"]),
     );
-    second.endpoints.insert(ip, &newer).unwrap();
-    assert!(!first.endpoints.remove_if_owner(ip, &ep).unwrap());
-    assert_eq!(first.endpoints.get(ip).unwrap(), Some(newer));
-    assert!(second.endpoints.remove_if_owner(ip, &newer).unwrap());
-    assert_eq!(first.endpoints.get(ip).unwrap(), None);
+    second.endpoints.insert(net, ip, &newer).unwrap();
+    assert!(!first.endpoints.remove_if_owner(net, ip, &ep).unwrap());
+    assert_eq!(first.endpoints.get(net, ip).unwrap(), Some(newer));
+    assert!(second.endpoints.remove_if_owner(net, ip, &newer).unwrap());
+    assert_eq!(first.endpoints.get(net, ip).unwrap(), None);
     // Removing what is already gone is fine.
-    assert!(!second.endpoints.remove_if_owner(ip, &newer).unwrap());
+    assert!(!second.endpoints.remove_if_owner(net, ip, &newer).unwrap());
+
+    // Devices: the network of the pod behind a host veth, removed only by its owner.
+    let dev = bpf::Device {
+        network: net,
+        owner: bpf::owner_token(&["a", "eth0"]),
+    };
+    first.devices.insert(7, &dev).unwrap();
+    let reused = bpf::Device {
+        network: other_net,
+        owner: bpf::owner_token(&["d", "eth0"]),
+    };
+    second.devices.insert(7, &reused).unwrap();
+    assert!(!first.devices.remove_if_owner(7, &dev).unwrap());
+    assert_eq!(first.devices.get(7).unwrap(), Some(reused));
+    assert!(second.devices.remove_if_owner(7, &reused).unwrap());
+    assert_eq!(first.devices.list().unwrap(), vec![]);
 
     // Mesh enrolment by netns cookie.
     let cookie = host::netns::current_netns_cookie().unwrap();
@@ -77,11 +116,19 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
     let m = Managed {
         flags: bpf::MANAGED_F_ENROLLED,
         ifindex: 7,
+        owner: bpf::owner_token(&["a", "eth0"]),
     };
     first.managed.insert(cookie, &m).unwrap();
     assert_eq!(second.managed.get(cookie).unwrap(), Some(m));
-    assert!(second.managed.remove(cookie).unwrap());
-    assert!(!first.managed.remove(cookie).unwrap());
+    // The same pod enrolled through a second network: the first network's DEL leaves it.
+    let m2 = Managed {
+        owner: bpf::owner_token(&["a", "net1"]),
+        ..m
+    };
+    second.managed.insert(cookie, &m2).unwrap();
+    assert!(!first.managed.remove_if_owner(cookie, &m).unwrap());
+    assert!(second.managed.remove_if_owner(cookie, &m2).unwrap());
+    assert!(!first.managed.remove_if_owner(cookie, &m2).unwrap());
     assert_eq!(first.managed.list().unwrap(), vec![]);
 }
 
@@ -124,6 +171,102 @@ fn stale_pins_with_another_layout_are_refused() {
         Err(e) => panic!("expected StaleMap, got {e}"),
         Ok(_) => panic!("stale pin accepted"),
     }
+}
+
+/// `bpftool <args>`, which must succeed.
+fn bpftool(args: &[&str]) {
+    let out = integration::proc::cmd("bpftool", args);
+    out.assert_success(&format!("bpftool {}", args.join(" ")));
+}
+
+/// Space-separated hex bytes, as bpftool takes keys and values.
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn pins_of_the_previous_layout_are_moved_aside_and_still_serve_del() {
+    if !prerequisites("pins_of_the_previous_layout_are_moved_aside_and_still_serve_del") {
+        return;
+    }
+    let pins = TestPins::new(&unique_id());
+    pins.root.ensure().unwrap();
+    let at = |name: &str| pins.root.path().join(name).display().to_string();
+    // What a release before network scoping pinned: endpoints keyed by address alone (20
+    // bytes), managed values without an owner (8 bytes), 11 counters.
+    for (name, kind, key, value) in [
+        ("endpoints", "hash", "20", "32"),
+        ("managed", "hash", "8", "8"),
+        ("counters", "percpu_array", "4", "88"),
+    ] {
+        let entries = if kind == "hash" { "65536" } else { "1" };
+        bpftool(&[
+            "map",
+            "create",
+            &at(name),
+            "type",
+            kind,
+            "key",
+            key,
+            "value",
+            value,
+            "entries",
+            entries,
+            "name",
+            name,
+        ]);
+    }
+    let ip: IpAddr = "10.8.0.2".parse().unwrap();
+    let old = Endpoint::new(
+        5,
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+        false,
+        bpf::owner_token(&["old", "eth0"]),
+    );
+    let mut key = vec![10, 8, 0, 2];
+    key.resize(16, 0);
+    key.extend([4, 0, 0, 0]);
+    let mut value = Vec::new();
+    value.extend(old.ifindex.to_ne_bytes());
+    value.extend(old.flags.to_ne_bytes());
+    value.extend(old.owner.to_ne_bytes());
+    value.extend(old.pod_mac);
+    value.extend(old.host_mac);
+    value.extend([0u8; 4]);
+    let mut args = vec!["map", "update", "pinned"];
+    let path = at("endpoints");
+    args.push(&path);
+    args.extend(["key", "hex"]);
+    let (key, value) = (hex(&key), hex(&value));
+    args.extend(key.iter().map(String::as_str));
+    args.extend(["value", "hex"]);
+    args.extend(value.iter().map(String::as_str));
+    bpftool(&args);
+
+    // The new release opens its own maps at the root and keeps the old ones for their pods.
+    let maps = Maps::open_or_create(&pins.root).unwrap();
+    assert!(maps.endpoints.list().unwrap().is_empty());
+    assert!(pins.root.path().join("legacy-v1/endpoints").exists());
+    let mut legacy = bpf::LegacyMaps::open(&pins.root).unwrap();
+    assert_eq!(legacy.endpoint(ip).unwrap(), Some(old));
+    let someone_else = Endpoint { owner: 1, ..old };
+    assert!(!legacy.remove_endpoint_if_owner(ip, &someone_else).unwrap());
+    assert!(legacy.remove_endpoint_if_owner(ip, &old).unwrap());
+    assert_eq!(legacy.endpoint(ip).unwrap(), None);
+    // A second open moves nothing again and keeps the current maps.
+    drop(maps);
+    Maps::open_or_create(&pins.root).unwrap();
+    assert!(pins.root.path().join("legacy-v1/endpoints").exists());
+    bpf::legacy::remove_if_unused(&pins.root).unwrap();
+    assert!(!pins.root.path().join("legacy-v1").exists());
+    assert_eq!(
+        bpf::LegacyMaps::open(&pins.root)
+            .unwrap()
+            .endpoint(ip)
+            .unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -252,8 +395,17 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
         .into_iter()
         .chain(endpoints_of(&t.b, routed, "b"))
         .collect();
+    let net = bpf::network_id("fastpath-test");
+    let devices = [&att_a, &att_b].map(|att| {
+        let dev = bpf::Device {
+            network: net,
+            owner: bpf::owner_token(&[&att.key]),
+        };
+        maps.devices.insert(att.ifindex, &dev).unwrap();
+        (att.ifindex, dev)
+    });
     for (ip, ep) in &eps {
-        maps.endpoints.insert(*ip, ep).unwrap();
+        maps.endpoints.insert(net, *ip, ep).unwrap();
     }
 
     let c0 = maps.counters().unwrap();
@@ -274,10 +426,26 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
     );
     assert!(c1.redirected_bytes > c0.redirected_bytes);
 
-    // 3. Unknown destinations pass: without endpoints nothing is redirected, all flows.
+    // 3a. Another network: the same addresses registered for a pod of another network are
+    // never a destination for these pods (the devices map says which network they are in).
+    let other = bpf::network_id("another-network");
     for (ip, ep) in &eps {
-        assert!(maps.endpoints.remove_if_owner(*ip, ep).unwrap());
+        assert!(maps.endpoints.remove_if_owner(net, *ip, ep).unwrap());
+        maps.endpoints.insert(other, *ip, ep).unwrap();
     }
+    let ca = maps.counters().unwrap();
+    traffic(&t);
+    assert_eq!(observe(&t), baseline);
+    let cb = maps.counters().unwrap();
+    assert_eq!(
+        cb.redirected_packets, ca.redirected_packets,
+        "redirected across networks"
+    );
+    for (ip, ep) in &eps {
+        assert!(maps.endpoints.remove_if_owner(other, *ip, ep).unwrap());
+    }
+
+    // 3b. Unknown destinations pass: without endpoints nothing is redirected, all flows.
     let c2 = maps.counters().unwrap();
     traffic(&t);
     assert_eq!(observe(&t), baseline);
@@ -292,10 +460,21 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
     );
     assert!(c3.passed_packets > c2.passed_packets);
 
-    // 4. Detach: counters stop, traffic keeps flowing via the normal path.
+    // 3c. A veth weft does not know (no devices entry) passes, even with endpoints.
     for (ip, ep) in &eps {
-        maps.endpoints.insert(*ip, ep).unwrap();
+        maps.endpoints.insert(net, *ip, ep).unwrap();
     }
+    for (ifindex, dev) in &devices {
+        assert!(maps.devices.remove_if_owner(*ifindex, dev).unwrap());
+    }
+    let cc = maps.counters().unwrap();
+    traffic(&t);
+    assert_eq!(observe(&t), baseline);
+    let cd = maps.counters().unwrap();
+    assert_eq!(cd.redirected_packets, cc.redirected_packets);
+    assert!(cd.pass_no_device - cc.pass_no_device >= udp);
+
+    // 4. Detach: counters stop, traffic keeps flowing via the normal path.
     t.node.in_ns(|| {
         for att in [&att_a, &att_b] {
             bpf::detach(&pins.root, att).unwrap();

@@ -35,6 +35,12 @@ impl Request {
             });
         from_conf.or_else(|| self.env.args.get(key).map(str::to_owned))
     }
+
+    /// The attachment this request is about: (network name, CNI_CONTAINERID, CNI_IFNAME).
+    /// Code 4 without a container ID or ifname (VERSION, STATUS, GC have none).
+    pub fn attachment(&self) -> Result<crate::AttachmentKey> {
+        crate::AttachmentKey::new(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
 }
 
 /// One function per verb. A plugin never prints to stdout; it returns a value or an [`Error`].

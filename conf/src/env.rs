@@ -162,6 +162,18 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// libcni's rule for network names (the same characters as container IDs): they become
+/// directory names and etcd key segments. Code 7: a name comes from the config.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    if is_valid_id(name) {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(format!(
+            "invalid network name {name:?}: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        )))
+    }
+}
+
 /// Linux interface names: 1..=15 bytes (IFNAMSIZ - 1), not `.`/`..`, no `/`, `:` or whitespace.
 pub fn validate_ifname(name: &str) -> Result<()> {
     const IFNAMSIZ: usize = 16;

@@ -3,6 +3,7 @@
 //! Every weft binary's `main()` hands a [`dispatch::Plugin`] to [`dispatch::run`]; the
 //! dispatcher owns env parsing, version negotiation, result encoding and error printing.
 
+pub mod attachment;
 pub mod delegate;
 pub mod dispatch;
 pub mod env;
@@ -11,6 +12,7 @@ pub mod netconf;
 pub mod result;
 pub mod version;
 
+pub use attachment::AttachmentKey;
 pub use dispatch::{Plugin, Request};
 pub use env::{Command, Env};
 pub use error::{code, Error, Result};

@@ -53,7 +53,7 @@ impl NetConf {
             Some(_) => return Err(Error::decode("cniVersion is not a string")),
         };
         let name = required_string(&raw, "name")?;
-        validate_network_name(&name)?;
+        crate::env::validate_network_name(&name)?;
         let plugin_type = required_string(&raw, "type")?;
         if plugin_type.contains('/') || plugin_type == ".." || plugin_type == "." {
             return Err(Error::invalid_config(format!(
@@ -125,6 +125,19 @@ impl NetConf {
         }
     }
 
+    /// GC's attachments to keep, as keys of this network (GC is scoped to the network it is
+    /// called for). An entry whose container ID or ifname could not be a key is code 7.
+    pub fn valid_attachment_keys(&self) -> Result<std::collections::HashSet<crate::AttachmentKey>> {
+        self.valid_attachments()?
+            .into_iter()
+            .map(|a| {
+                crate::AttachmentKey::new(&self.name, &a.container_id, &a.ifname).map_err(|e| {
+                    Error::invalid_config(format!("invalid {VALID_ATTACHMENTS} entry: {}", e.msg))
+                })
+            })
+            .collect()
+    }
+
     /// A runtimeConfig capability value, if the runtime passed it.
     pub fn runtime<T: DeserializeOwned>(&self, capability: &str) -> Result<Option<T>> {
         match self.runtime_config.get(capability) {
@@ -176,7 +189,7 @@ impl NetConfList {
             }
         };
         let name = required_string(&raw, "name")?;
-        validate_network_name(&name)?;
+        crate::env::validate_network_name(&name)?;
         let plugins: Vec<Map<String, Value>> = match raw.get("plugins") {
             Some(Value::Array(list)) if !list.is_empty() => list
                 .iter()
@@ -208,17 +221,6 @@ impl NetConfList {
         conf.insert("name".into(), self.name.clone().into());
         conf.insert("cniVersion".into(), self.cni_version.as_str().into());
         Some(conf)
-    }
-}
-
-/// libcni's rule: network names become file names too, so the same characters as container IDs.
-fn validate_network_name(name: &str) -> Result<()> {
-    if crate::env::is_valid_id(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid_config(format!(
-            "invalid network name {name:?}"
-        )))
     }
 }
 

@@ -24,8 +24,9 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 /// What weft-ipam's file store holds for `network` under `store_dir`, as (address, containerID).
-/// The pool file is `<dir>/<network>/pool`: a header line, one `<address> <containerID>
-/// <ifname>` line per reservation, and an `end <count>` trailer. No file = nothing reserved.
+/// The pool file is `<dir>/<network>/pool`: a header line, one `<address> <owning network>
+/// <containerID> <ifname>` line per reservation, and an `end <count>` trailer. No file =
+/// nothing reserved.
 fn reservations(store_dir: &Path, network: &str) -> BTreeSet<(IpAddr, String)> {
     let path = store_dir.join(network).join("pool");
     let text = match std::fs::read_to_string(&path) {
@@ -34,7 +35,7 @@ fn reservations(store_dir: &Path, network: &str) -> BTreeSet<(IpAddr, String)> {
         Err(e) => panic!("read {}: {e}", path.display()),
     };
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("weft-ipam pool v1"), "{text}");
+    assert_eq!(lines.next(), Some("weft-ipam pool v2"), "{text}");
     let mut out = BTreeSet::new();
     for line in lines {
         if let Some(count) = line.strip_prefix("end ") {
@@ -42,8 +43,8 @@ fn reservations(store_dir: &Path, network: &str) -> BTreeSet<(IpAddr, String)> {
             return out;
         }
         let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 3, "pool line {line:?}");
-        out.insert((f[0].parse().expect("pool address"), f[1].to_owned()));
+        assert_eq!(f.len(), 4, "pool line {line:?}");
+        out.insert((f[0].parse().expect("pool address"), f[2].to_owned()));
     }
     panic!("pool file {} has no trailer:\n{text}", path.display());
 }

@@ -372,7 +372,10 @@ fn ip_reuse_del_of_old_owner_keeps_new_entry() {
     let a = Pod::new("a");
     let added_a = net.add(&a);
     let b = VethPod::new("b", &added_a.ip.to_string(), false);
-    let b_conf = b.conf(&net.iso, "1.0.0", added_a.ip, json!({"mode": "tcx"}));
+    // B is in A's network: only there can it take A's address over (another network's pod
+    // with the same address has an entry of its own, see tests/networks.rs).
+    let mut b_conf = b.conf(&net.iso, "1.0.0", added_a.ip, json!({"mode": "tcx"}));
+    b_conf["name"] = json!(net.name);
     net.direct(&net.direct_env("ADD", &b.cid, b.ns.path_str()), &b_conf)
         .assert_success("pod B ADD claiming A's address");
     let b_ifindex = host_ifindex(&b.host_veth);

@@ -29,21 +29,29 @@ fn ipam_object(req: &Request) -> Result<&Map<String, Value>> {
 }
 
 /// Everything but ADD needs only where the reservations live, not the ranges: DEL and GC must
-/// still work after an operator edited a range into something invalid.
-fn open_store(req: &Request) -> Result<Box<dyn Store>> {
+/// still work after an operator edited a range into something invalid. Returns the ranges too
+/// when the config has valid ones (STATUS checks the store against them).
+fn open_store_and_ranges(req: &Request) -> Result<(Box<dyn Store>, Vec<Range>)> {
     let ipam = ipam_object(req)?;
-    let cfg = match Config::from_ipam(ipam, &req.conf.name) {
-        Ok(cfg) => (cfg.network, cfg.store),
+    let (network, store, ranges) = match Config::from_ipam(ipam, &req.conf.name) {
+        Ok(cfg) => (cfg.network, cfg.store, cfg.ranges),
         Err(e) if e.code == code::INVALID_CONFIG => {
-            Config::store_only(ipam, &req.conf.name).map_err(|_| e)?
+            let (network, store) = Config::store_only(ipam, &req.conf.name).map_err(|_| e)?;
+            (network, store, Vec::new())
         }
         Err(e) => return Err(e),
     };
-    store::open(&cfg.0, &cfg.1)
+    Ok((store::open(&network, &store)?, ranges))
 }
 
+fn open_store(req: &Request) -> Result<Box<dyn Store>> {
+    open_store_and_ranges(req).map(|(store, _)| store)
+}
+
+/// The attachment that holds the addresses: this CNI network's `name` (not the pool's
+/// `network_name`, which several networks may share), container ID and ifname.
 fn owner(req: &Request) -> Result<Owner> {
-    Owner::new(&req.env.container_id, &req.env.ifname)
+    req.attachment()
 }
 
 /// Static addresses from `runtimeConfig.ips` (capability `ips`), `args.cni.ips`, and
@@ -134,7 +142,7 @@ impl Plugin for IpamPlugin {
     fn del(&self, req: &Request) -> Result<()> {
         let store = open_store(req)?;
         let freed = store.release(&owner(req)?)?;
-        tracing::info!(owner = %req.env.container_id, ?freed, "released");
+        tracing::info!(owner = %owner(req)?, ?freed, "released");
         Ok(())
     }
 
@@ -178,22 +186,14 @@ impl Plugin for IpamPlugin {
             )
             .with_details(e.details)
         };
-        open_store(req)
-            .and_then(|s| s.status())
+        open_store_and_ranges(req)
+            .and_then(|(s, ranges)| s.status(&ranges))
             .map_err(not_available)
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let keep: HashSet<Owner> = req
-            .conf
-            .valid_attachments()?
-            .into_iter()
-            .map(|a| Owner {
-                container_id: a.container_id,
-                ifname: a.ifname,
-            })
-            .collect();
-        let freed = open_store(req)?.retain(&keep)?;
+        let keep = req.conf.valid_attachment_keys()?;
+        let freed = open_store(req)?.retain(&req.conf.name, &keep)?;
         tracing::info!(count = freed.len(), ?freed, "gc freed");
         Ok(())
     }

@@ -54,7 +54,7 @@ fn concurrent_256_adds_then_dels() {
     assert_eq!(pool.map.len(), 253 * 2);
     for id in &failed {
         assert!(
-            pool.map.values().all(|o| &o.container_id != id),
+            pool.map.values().all(|o| o.container_id() != id),
             "{id} holds nothing"
         );
     }
@@ -81,7 +81,7 @@ fn pool_owners(tmp: &tempfile::TempDir) -> usize {
         .unwrap();
     pool.map
         .values()
-        .map(|o| &o.container_id)
+        .map(|o| o.container_id())
         .collect::<HashSet<_>>()
         .len()
 }
@@ -193,7 +193,7 @@ fn kill_9_at_random_points_never_duplicates_or_corrupts() {
             let owner = pool
                 .map
                 .get(&ip.parse().unwrap())
-                .map(|o| o.container_id.clone());
+                .map(|o| o.container_id().to_owned());
             assert_eq!(
                 owner.as_deref(),
                 Some(id.as_str()),
@@ -204,7 +204,7 @@ fn kill_9_at_random_points_never_duplicates_or_corrupts() {
     // Reservations of killed ADDs (result never seen) exist at most once per owner and range.
     let mut per_owner: HashMap<&str, usize> = HashMap::new();
     for o in pool.map.values() {
-        *per_owner.entry(o.container_id.as_str()).or_default() += 1;
+        *per_owner.entry(o.container_id()).or_default() += 1;
     }
     assert!(
         per_owner.values().all(|&n| n == 2),
@@ -231,8 +231,5 @@ fn kill_9_at_random_points_never_duplicates_or_corrupts() {
         "GC left exactly the live attachments"
     );
     let live: HashSet<&str> = ok.iter().map(|r| r.0.as_str()).collect();
-    assert!(pool
-        .map
-        .values()
-        .all(|o| live.contains(o.container_id.as_str())));
+    assert!(pool.map.values().all(|o| live.contains(o.container_id())));
 }

@@ -36,9 +36,14 @@ impl Cluster {
             .get_prefix(&format!("/weft-test/{net}/blocks/"))
             .unwrap()
             .into_iter()
-            .map(|(key, node)| {
+            .map(|(key, value)| {
                 let hex = key.rsplit('/').next().unwrap();
                 let start = parse_key_hex(hex).unwrap_or_else(|| panic!("bad block key {key}"));
+                // `{"node":..,"prefix":..}`; a bare name is what earlier releases wrote.
+                let node = match serde_json::from_str::<Value>(&value) {
+                    Ok(v) => v["node"].as_str().expect("holder node").to_owned(),
+                    Err(_) => value,
+                };
                 (start, node)
             })
             .collect()

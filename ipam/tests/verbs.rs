@@ -106,7 +106,10 @@ fn del_never_frees_another_container() {
         .list()
         .unwrap();
     let left: Vec<String> = pool.map.iter().map(|(ip, o)| format!("{ip} {o}")).collect();
-    assert_eq!(left, vec!["10.11.0.2 a/eth0", "10.11.0.4 b/net1"]);
+    assert_eq!(
+        left,
+        vec!["10.11.0.2 verbs-net/a/eth0", "10.11.0.4 verbs-net/b/net1"]
+    );
 }
 
 #[test]
@@ -219,7 +222,11 @@ fn status_and_gc() {
         .unwrap()
         .list()
         .unwrap();
-    let owners: HashSet<String> = pool.map.values().map(|o| o.container_id.clone()).collect();
+    let owners: HashSet<String> = pool
+        .map
+        .values()
+        .map(|o| o.container_id().to_owned())
+        .collect();
     assert_eq!(owners, HashSet::from(["g2".to_string()]));
 
     // A store directory that cannot be created: STATUS 50.

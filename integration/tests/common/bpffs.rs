@@ -64,12 +64,44 @@ impl Isolation {
         conf
     }
 
-    /// `<WEFT_STATE_DIR>/kmesh-cni/<cid>:<ifname>`.
+    /// `<WEFT_STATE_DIR>/kmesh-cni/<network>/<cid>:<ifname>` of whichever network holds the
+    /// attachment (a test attaches a container through one network; the legacy location
+    /// `<WEFT_STATE_DIR>/kmesh-cni/<cid>:<ifname>` when none does).
     pub fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.state
-            .path()
-            .join("kmesh-cni")
-            .join(format!("{container_id}:{ifname}"))
+        let name = format!("{container_id}:{ifname}");
+        let plugin = self.state.path().join("kmesh-cni");
+        self.networks()
+            .into_iter()
+            .map(|n| plugin.join(n).join(&name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| plugin.join(&name))
+    }
+
+    /// The networks kmesh-cni keeps records for (its subdirectories), sorted.
+    pub fn networks(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.state.path().join("kmesh-cni"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Names of the records of `network` (`<cid>:<ifname>`), sorted.
+    pub fn records_of(&self, network: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            std::fs::read_dir(self.state.path().join("kmesh-cni").join(network))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(':'))
+                .collect();
+        out.sort();
+        out
     }
 
     /// The record of one attachment, if present.
@@ -78,7 +110,8 @@ impl Isolation {
         Some(serde_json::from_slice(&bytes).expect("record is JSON"))
     }
 
-    /// Names of every attachment record (`<cid>:<ifname>`), sorted.
+    /// Names of every attachment record of every network and legacy ones
+    /// (`<cid>:<ifname>`), sorted.
     pub fn records(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(self.state.path().join("kmesh-cni"))
             .into_iter()
@@ -87,6 +120,9 @@ impl Isolation {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(':'))
             .collect();
+        for net in self.networks() {
+            out.extend(self.records_of(&net));
+        }
         out.sort();
         out
     }
@@ -165,6 +201,7 @@ impl Isolation {
                     other => panic!("endpoint key family {other:?}: {e}"),
                 };
                 EndpointEntry {
+                    network: f["key"]["network"].as_u64().expect("key.network"),
                     ip,
                     ifindex: f["value"]["ifindex"].as_u64().expect("ifindex") as u32,
                     flags: f["value"]["flags"].as_u64().expect("flags") as u32,
@@ -177,6 +214,23 @@ impl Isolation {
     /// The `endpoints` entry for `ip`, if any.
     pub fn endpoint(&self, ip: IpAddr) -> Option<EndpointEntry> {
         self.endpoints().into_iter().find(|e| e.ip == ip)
+    }
+
+    /// Every `devices` entry: (host veth ifindex, network id, owner).
+    pub fn devices(&self) -> Vec<(u32, u64, u64)> {
+        self.dump("devices")
+            .iter()
+            .map(|e| {
+                let f = e
+                    .get("formatted")
+                    .unwrap_or_else(|| panic!("devices dump without BTF: {e}"));
+                (
+                    f["key"].as_u64().expect("ifindex") as u32,
+                    f["value"]["network"].as_u64().expect("network"),
+                    f["value"]["owner"].as_u64().expect("owner"),
+                )
+            })
+            .collect()
     }
 
     /// Every `managed` entry: (netns cookie, flags, ifindex).
@@ -225,7 +279,7 @@ impl Isolation {
                     .collect();
                 writeln!(
                     w,
-                    "map update pinned {} key hex {} value hex 01 00 00 00 00 00 00 00",
+                    "map update pinned {} key hex {} value hex 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
                     pin.display(),
                     hex.join(" ")
                 )
@@ -313,6 +367,8 @@ impl Counters {
 /// One `endpoints` map entry as bpftool shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointEntry {
+    /// Network id (`bpf::network_id` of the CNI network name).
+    pub network: u64,
     pub ip: IpAddr,
     pub ifindex: u32,
     pub flags: u32,

@@ -8,13 +8,25 @@
 //! <p>/blocks/4-0a280040   -> "node3"          (10.40.0.64/26 belongs to node3)
 //! ```
 //! The key is the block's own start, not the range's: nodes whose configs differ in
-//! `range_start`/`range_end` still meet on the same keys. A block is claimed with ONE
-//! transaction, `if create_revision(key) == 0 then put(key, node) else get(all block keys of
-//! the range)`. etcd applies transactions serially through raft, so two nodes can never both
-//! create a key: two nodes never hold the same block, also while a member dies (a transaction is
-//! committed by a quorum or not at all). Losers retry with the else-branch's listing, picking
-//! randomly among the lowest `2^attempt` free blocks so N racing nodes spread out in O(log N)
-//! rounds. No lock spans the cluster.
+//! `range_start`/`range_end` still meet on the same keys. The value names the holder and the
+//! block size, `{"node":"node3","prefix":26}`; a bare node name is what releases before that
+//! wrote (read as a block of the configured size).
+//!
+//! A block is claimed with ONE transaction: `if no key exists inside the block's span and no key
+//! that could cover it changed since we listed it, then put(key, value) else list again`. etcd
+//! applies transactions serially through raft, so two nodes can never both create a key inside
+//! one span: two nodes never hold overlapping blocks, also while a member dies (a transaction is
+//! committed by a quorum or not at all), and also when one of them runs with another
+//! `node_slice_size`. Losers retry with the else-branch's listing, picking randomly among the
+//! lowest `2^attempt` free blocks so N racing nodes spread out in O(log N) rounds. No lock spans
+//! the cluster.
+//!
+//! **Nothing read back is trusted.** Every key listed is checked before it is listed as a block
+//! or served from ([`check_listing`]): a block key (parseable start), of this range's family, the
+//! configured size, aligned to it, overlapping no other key, and a valid holder name. Anything
+//! else (a node with another `node_slice_size`, foreign data under the prefix) is a conflict:
+//! ADDs that need etcd fail with code 7 naming the keys and the way out, and STATUS says 50.
+//! The local block list is held to the same rule.
 //!
 //! **Addresses.** Inside its blocks a node allocates exactly like the file store (it *is* the
 //! file store: flock + atomic pool file, [`super::file`]), in
@@ -58,7 +70,7 @@ use super::blocks::{self, Local, Need, BLOCKS_FILE};
 use super::file::FileStore;
 use super::{Claim, Owner, Pool, Store};
 use crate::config::{validate_network_name, EtcdConfig};
-use crate::range::{key_hex, parse_key_hex, Block, Range};
+use crate::range::{from_u128, key_hex, parse_key_hex, Block, Family, Range};
 use conf::{code, Error, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use host::lock::{lock_file_within, Locked};
@@ -98,6 +110,151 @@ pub fn node_name() -> Result<String> {
 
 fn etcd_err(e: etcd_client::Error) -> Error {
     Error::try_again(format!("etcd request failed: {e}"))
+}
+
+/// Who holds a block, as its etcd value says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    pub prefix: u8,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HolderValue {
+    node: String,
+    prefix: u8,
+}
+
+impl Holder {
+    /// The value this release writes.
+    fn encode(&self) -> String {
+        serde_json::to_string(&HolderValue {
+            node: self.node.clone(),
+            prefix: self.prefix,
+        })
+        .expect("plain struct")
+    }
+
+    /// A value read back: this release's JSON, or a bare node name (earlier releases, whose
+    /// blocks had the configured size `slice`).
+    fn decode(value: &[u8], slice: u8) -> std::result::Result<Holder, String> {
+        let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
+        let holder = if text.starts_with('{') {
+            let v: HolderValue =
+                serde_json::from_str(text).map_err(|e| format!("value {text:?}: {e}"))?;
+            Holder {
+                node: v.node,
+                prefix: v.prefix,
+            }
+        } else {
+            Holder {
+                node: text.to_string(),
+                prefix: slice,
+            }
+        };
+        validate_network_name(&holder.node)
+            .map_err(|_| format!("value {text:?} does not name a node"))?;
+        Ok(holder)
+    }
+}
+
+/// A block key read back: `(key, value, mod_revision)`.
+pub type RawKey = (String, Vec<u8>, i64);
+
+/// The blocks of `r` that etcd lists, checked (see the module docs). `Err` lists every key that
+/// conflicts with this config.
+pub fn check_listing(
+    r: &Range,
+    keys: &[RawKey],
+) -> std::result::Result<BTreeMap<IpAddr, Holder>, Vec<String>> {
+    let mut ok: BTreeMap<IpAddr, Holder> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    let family = r.family();
+    for (key, value, _) in keys {
+        let suffix = key.rsplit('/').next().unwrap_or_default();
+        let Some(start) = parse_key_hex(suffix) else {
+            conflicts.push(format!("{key}: not a block key"));
+            continue;
+        };
+        let holder = match Holder::decode(value, r.slice) {
+            Ok(h) => h,
+            Err(why) => {
+                conflicts.push(format!("{key}: {why}"));
+                continue;
+            }
+        };
+        let why = if Family::of(start) != family {
+            Some("another address family".to_string())
+        } else if holder.prefix != r.slice {
+            Some(format!(
+                "a /{} block (node {}), this config uses /{}",
+                holder.prefix, holder.node, r.slice
+            ))
+        } else if r.block_of(start).start != start {
+            Some(format!(
+                "{start} is not aligned to /{} (node {})",
+                r.slice, holder.node
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => conflicts.push(format!("{key}: {why}")),
+            None => {
+                ok.insert(start, holder);
+            }
+        }
+    }
+    // Aligned blocks of one size cannot overlap; keys that failed above are the ones that do.
+    if conflicts.is_empty() {
+        Ok(ok)
+    } else {
+        Err(conflicts)
+    }
+}
+
+/// The code-7 error for keys that conflict with this config, with the way out.
+fn conflict_error(base: &str, r: &Range, conflicts: &[String]) -> Error {
+    Error::invalid_config(format!(
+        "etcd block keys under {base}/blocks/ conflict with this config (range {}-{}, \
+         node_slice_size /{}): {}. They were written with another node_slice_size or by \
+         something other than weft-ipam. Way out: set node_slice_size back to what the cluster \
+         uses, or drain the network (DEL every pod; GC releases the blocks) before changing \
+         it; remove keys no node uses with `etcdctl del <key>`",
+        r.start,
+        r.end,
+        r.slice,
+        conflicts.join("; ")
+    ))
+}
+
+/// Local blocks whose size differs from the config's for their family (code 7).
+fn check_local_blocks(list: &BTreeSet<Block>, claims: &[Claim<'_>]) -> Result<()> {
+    let bad: Vec<String> = list
+        .iter()
+        .filter(|b| {
+            claims
+                .iter()
+                .any(|c| c.range.family() == Family::of(b.start) && c.range.slice != b.prefix)
+        })
+        .map(|b| b.to_string())
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid_config(format!(
+        "this node holds blocks of another size than node_slice_size says ({}): set \
+         node_slice_size back, or drain the network (DEL every pod; GC releases the blocks) \
+         before changing it",
+        bad.join(", ")
+    )))
+}
+
+/// The start of the aligned `/prefix` block holding `ip`.
+fn aligned(ip: IpAddr, prefix: u8) -> IpAddr {
+    ipnetwork::IpNetwork::new(ip, prefix)
+        .expect("prefix fits the family")
+        .network()
 }
 
 impl EtcdStore {
@@ -210,27 +367,87 @@ impl EtcdStore {
         Ok(o)
     }
 
-    /// Block starts -> holding node, from a range read of block keys.
-    fn parse_listing(&self, kvs: &[etcd_client::KeyValue], into: &mut BTreeMap<IpAddr, String>) {
-        for item in kvs {
-            let key = String::from_utf8_lossy(item.key());
-            if let Some(start) = key.rsplit('/').next().and_then(parse_key_hex) {
-                into.insert(start, String::from_utf8_lossy(item.value()).into_owned());
-            }
-        }
+    /// Keys that could hold a block larger than `r.slice` covering part of `r` but starting
+    /// before the listing window (written with a smaller node_slice_size).
+    fn enclosing_keys(&self, r: &Range, start: IpAddr) -> Vec<String> {
+        let own = self.block_key(start);
+        (r.subnet.prefix()..r.slice)
+            .map(|q| self.block_key(aligned(start, q)))
+            .filter(|k| *k != own)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
-    async fn list_blocks(&self, client: &Client, r: &Range) -> Result<BTreeMap<IpAddr, String>> {
+    /// The ops that read everything a claim in `r` depends on: the range's window of block keys
+    /// and the keys of larger blocks that could cover its start.
+    fn listing_ops(&self, r: &Range) -> Vec<TxnOp> {
         let (from, to) = self.block_keys(r);
+        let mut ops = vec![TxnOp::get(
+            from.clone(),
+            Some(GetOptions::new().with_range(to)),
+        )];
+        for k in self.enclosing_keys(r, r.block_of(r.start).start) {
+            if k < from {
+                ops.push(TxnOp::get(k, None));
+            }
+        }
+        ops
+    }
+
+    /// The keys a listing read, in key order, without duplicates.
+    fn raw_keys(ops: &[etcd_client::TxnOpResponse]) -> Vec<RawKey> {
+        let mut out: BTreeMap<String, RawKey> = BTreeMap::new();
+        for op in ops {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                for kv in g.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    out.insert(key.clone(), (key, kv.value().to_vec(), kv.mod_revision()));
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Every block key of `r` as read back, checked; a conflict is code 7.
+    fn checked(&self, r: &Range, raw: &[RawKey]) -> Result<BTreeMap<IpAddr, Holder>> {
+        check_listing(r, raw).map_err(|c| conflict_error(&self.base, r, &c))
+    }
+
+    async fn list_raw(&self, client: &Client, r: &Range) -> Result<Vec<RawKey>> {
         let kv = client.kv_client();
+        let ops = self.listing_ops(r);
         let resp = retrying(|| {
-            let (from, to, mut kv) = (from.clone(), to.clone(), kv.clone());
-            async move { kv.get(from, Some(GetOptions::new().with_range(to))).await }
+            let (txn, mut kv) = (Txn::new().and_then(ops.clone()), kv.clone());
+            async move { kv.txn(txn).await }
         })
         .await?;
-        let mut out = BTreeMap::new();
-        self.parse_listing(resp.kvs(), &mut out);
-        Ok(out)
+        Ok(Self::raw_keys(resp.op_responses().as_slice()))
+    }
+
+    /// The claim of `target` in `r`: commits only if no key exists inside the block's span and
+    /// none of the keys that could cover it changed since `raw` was read.
+    fn claim_txn(&self, r: &Range, target: Block, raw: &[RawKey]) -> Txn {
+        let key = self.block_key(target.start);
+        let (_, hi) = target.span();
+        let end = key_after(&self.block_key(from_u128(r.family(), hi)));
+        let mut when =
+            vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0).with_range(end)];
+        for k in self.enclosing_keys(r, target.start) {
+            let rev = raw
+                .iter()
+                .find(|(rk, _, _)| *rk == k)
+                .map_or(0, |(_, _, rev)| *rev);
+            when.push(Compare::mod_revision(k, CompareOp::Equal, rev));
+        }
+        let holder = Holder {
+            node: self.node.clone(),
+            prefix: r.slice,
+        };
+        Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(key, holder.encode(), None)])
+            .or_else(self.listing_ops(r))
     }
 
     /// Gets from etcd what `needs` asks for. Returns the blocks to add to the local list:
@@ -249,15 +466,16 @@ impl EtcdStore {
             let mut out: Vec<Block> = Vec::new();
             for need in needs {
                 let r = claims[need.claim].range;
-                let mut listing = self.list_blocks(&client, r).await?;
+                let mut raw = self.list_raw(&client, r).await?;
                 let mut attempt = 0u32;
                 loop {
+                    let listing = self.checked(r, &raw)?;
                     let orphans: Vec<Block> = listing
                         .iter()
-                        .filter(|(_, node)| **node == self.node)
-                        .map(|(start, _)| Block {
+                        .filter(|(_, h)| h.node == self.node)
+                        .map(|(start, h)| Block {
                             start: *start,
-                            prefix: r.slice,
+                            prefix: h.prefix,
                         })
                         .filter(|b| !mine.contains(b) && !out.contains(b))
                         .collect();
@@ -269,9 +487,10 @@ impl EtcdStore {
                     let target = match need.want {
                         Some(ip) => {
                             let b = r.block_of(ip);
-                            if let Some(node) = listing.get(&b.start) {
+                            if let Some(h) = listing.get(&b.start) {
                                 return Err(Error::try_again(format!(
-                                    "requested address {ip} lies in block {b}, which node {node} holds; a static address is served by the node holding its block"
+                                    "requested address {ip} lies in block {b}, which node {} holds; a static address is served by the node holding its block",
+                                    h.node
                                 )));
                             }
                             b
@@ -285,27 +504,16 @@ impl EtcdStore {
                             free[spread(&mut seed, free.len())]
                         }
                     };
-                    let key = self.block_key(target.start);
-                    let (from, to) = self.block_keys(r);
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(key, self.node.clone(), None)])
-                        .or_else([TxnOp::get(from, Some(GetOptions::new().with_range(to)))]);
                     let mut kv = client.kv_client();
-                    match kv.txn(txn).await {
+                    match kv.txn(self.claim_txn(r, target, &raw)).await {
                         Ok(resp) if resp.succeeded() => {
                             tracing::info!(attempt, block = %target, "etcd block claimed");
                             out.push(target);
                             break;
                         }
                         Ok(resp) => {
-                            tracing::debug!(attempt, block = %target, "block taken by another node, retrying");
-                            listing.clear();
-                            for op in resp.op_responses() {
-                                if let etcd_client::TxnOpResponse::Get(g) = op {
-                                    self.parse_listing(g.kvs(), &mut listing);
-                                }
-                            }
+                            tracing::debug!(attempt, block = %target, "block taken or changed, retrying");
+                            raw = Self::raw_keys(resp.op_responses().as_slice());
                         }
                         Err(e) if is_permanent(&e) => {
                             return Err(Error::io(format!("etcd refused the request: {e}")))
@@ -315,7 +523,7 @@ impl EtcdStore {
                         Err(e) => {
                             tracing::debug!("etcd txn error, retrying: {e}");
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            listing = self.list_blocks(&client, r).await?;
+                            raw = self.list_raw(&client, r).await?;
                         }
                     }
                     attempt += 1;
@@ -349,15 +557,26 @@ impl EtcdStore {
         let gone = &empty;
         self.run(deadline, |client| async move {
             for b in gone {
+                // Delete only what this node holds: read the holder, then delete if the key has
+                // not changed since (a bare node name of an earlier release counts too).
                 let key = self.block_key(b.start);
-                let txn = Txn::new()
-                    .when([Compare::value(
-                        key.clone(),
-                        CompareOp::Equal,
-                        self.node.clone(),
-                    )])
-                    .and_then([TxnOp::delete(key, None)]);
                 let kv = client.kv_client();
+                let resp = retrying(|| {
+                    let (key, mut kv) = (key.clone(), kv.clone());
+                    async move { kv.get(key, None).await }
+                })
+                .await?;
+                let Some(item) = resp.kvs().first() else { continue };
+                match Holder::decode(item.value(), b.prefix) {
+                    Ok(h) if h.node == self.node => {}
+                    _ => {
+                        tracing::warn!(block = %b, "block key no longer names this node; left alone");
+                        continue;
+                    }
+                }
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, item.mod_revision())])
+                    .and_then([TxnOp::delete(key, None)]);
                 retrying(|| {
                     let (txn, mut kv) = (txn.clone(), kv.clone());
                     async move { kv.txn(txn).await }
@@ -388,16 +607,18 @@ impl Store for EtcdStore {
         for _ in 0..MAX_ROUNDS {
             let step = self.local.transact(|pool: &mut Pool| {
                 let mut list = self.load_blocks()?;
+                check_local_blocks(&list, claims)?;
                 if !fresh.is_empty() {
                     list.extend(fresh.iter().copied());
                     self.save_blocks(&list)?;
                 }
                 match blocks::plan(pool, &list, owner, claims)? {
                     Local::Done(plan) => {
+                        let adopted = pool.adopt(owner, &plan.addrs);
                         for ip in &plan.new {
                             pool.map.insert(*ip, owner.clone());
                         }
-                        Ok((Ok(plan.addrs), !plan.new.is_empty()))
+                        Ok((Ok(plan.addrs), adopted || !plan.new.is_empty()))
                     }
                     Local::Need(needs) => Ok((Err((needs, list)), false)),
                 }
@@ -429,8 +650,8 @@ impl Store for EtcdStore {
         self.local.held(owner)
     }
 
-    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
-        let freed = self.local.retain(keep)?;
+    fn retain(&self, network: &str, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
+        let freed = self.local.retain(network, keep)?;
         match self.release_empty_blocks() {
             Ok(released) if !released.is_empty() => {
                 tracing::info!(?released, "gc released empty blocks")
@@ -443,13 +664,23 @@ impl Store for EtcdStore {
 
     /// A linearizable read needs a quorum with a leader, the same condition a claim needs;
     /// the local directory must be writable too.
-    fn status(&self) -> Result<()> {
-        self.local.status()?;
+    fn status(&self, ranges: &[Range]) -> Result<()> {
+        self.local.status(ranges)?;
+        let list = self.local.transact(|_| Ok((self.load_blocks()?, false)))?;
+        let claims: Vec<Claim<'_>> = ranges
+            .iter()
+            .map(|range| Claim { range, want: None })
+            .collect();
+        check_local_blocks(&list, &claims)?;
         self.run(Instant::now() + self.cfg.timeout, |client| async move {
             let mut kv = client.kv_client();
             kv.get(self.base.clone(), Some(GetOptions::new().with_count_only()))
                 .await
                 .map_err(etcd_err)?;
+            for r in ranges {
+                let raw = self.list_raw(&client, r).await?;
+                self.checked(r, &raw)?;
+            }
             Ok(())
         })
     }

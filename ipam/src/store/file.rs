@@ -9,10 +9,15 @@
 //! `pool` is text, one reservation per line, between a header and a trailer that carries the
 //! line count, so a truncated file is detected instead of silently losing reservations:
 //! ```text
-//! weft-ipam pool v1
-//! 10.1.0.2 <containerID> <ifname>
-//! end 1
+//! weft-ipam pool v2
+//! 10.1.0.2 <network> <containerID> <ifname>
+//! 10.1.0.3 - <containerID> <ifname>
+//! end 2
 //! ```
+//! `<network>` is the owning CNI network's `name` (several networks may share a pool through
+//! `network_name`); `-` marks a legacy reservation (no network name starts with `-`). Pools
+//! written by earlier releases (`weft-ipam pool v1`, lines `<address> <containerID> <ifname>`)
+//! are read as legacy reservations and rewritten as v2 on the next change.
 //!
 //! **One verb = one transaction**: take `flock(LOCK_EX)` on `lock` (released by the kernel when
 //! the process dies, so a `kill -9` never leaves a stale lock), read `pool` into a `BTreeMap`,
@@ -44,7 +49,11 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-const HEADER: &str = "weft-ipam pool v1";
+const HEADER: &str = "weft-ipam pool v2";
+/// What releases before network scoping wrote: no network per reservation.
+const HEADER_V1: &str = "weft-ipam pool v1";
+/// The network field of a legacy reservation.
+const NO_NETWORK: &str = "-";
 
 pub struct FileStore {
     /// `<store dir>/<network>`
@@ -158,19 +167,17 @@ impl Store for FileStore {
     fn reserve(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Vec<IpAddr>> {
         self.transact(|pool| {
             let plan = pool.plan(owner, claims)?;
+            let adopted = pool.adopt(owner, &plan.addrs);
             for ip in &plan.new {
                 pool.map.insert(*ip, owner.clone());
             }
-            Ok((plan.addrs, !plan.new.is_empty()))
+            Ok((plan.addrs, adopted || !plan.new.is_empty()))
         })
     }
 
     fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
         self.transact(|pool| {
-            let mine = pool.owned_by(owner);
-            for ip in &mine {
-                pool.map.remove(ip);
-            }
+            let mine = pool.release(owner);
             let changed = !mine.is_empty();
             Ok((mine, changed))
         })
@@ -180,24 +187,15 @@ impl Store for FileStore {
         Ok(self.list()?.owned_by(owner))
     }
 
-    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
-        self.transact(|pool| {
-            let mut freed = Vec::new();
-            pool.map.retain(|ip, owner| {
-                let k = keep.contains(owner);
-                if !k {
-                    freed.push((*ip, owner.clone()));
-                }
-                k
-            });
-            let changed = !freed.is_empty();
-            Ok((freed, changed))
-        })
+    fn retain(&self, network: &str, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
+        self.transact(|pool| Ok(pool.retain(network, keep)))
     }
 
-    /// Writable = the directory can be created and the lock file opened for writing and locked.
-    fn status(&self) -> Result<()> {
-        self.lock(true).map(drop)
+    /// Writable (the directory can be created and the lock file opened for writing and
+    /// locked) and the pool file reads back.
+    fn status(&self, _ranges: &[crate::range::Range]) -> Result<()> {
+        let _lock = self.lock(true)?;
+        self.load().map(drop)
     }
 }
 
@@ -220,7 +218,8 @@ fn render(pool: &Pool) -> String {
     s.push_str(HEADER);
     s.push('\n');
     for (ip, o) in &pool.map {
-        let _ = writeln!(s, "{ip} {} {}", o.container_id, o.ifname);
+        let network = o.network().unwrap_or(NO_NETWORK);
+        let _ = writeln!(s, "{ip} {network} {} {}", o.container_id(), o.ifname());
     }
     let _ = writeln!(s, "end {}", pool.map.len());
     s
@@ -228,9 +227,11 @@ fn render(pool: &Pool) -> String {
 
 fn parse(text: &str) -> std::result::Result<Pool, String> {
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(format!("first line is not {HEADER:?}"));
-    }
+    let v1 = match lines.next() {
+        Some(HEADER) => false,
+        Some(HEADER_V1) => true,
+        _ => return Err(format!("first line is not {HEADER:?} (or {HEADER_V1:?})")),
+    };
     let mut pool = Pool::default();
     for (n, line) in lines.enumerate() {
         if let Some(count) = line.strip_prefix("end ") {
@@ -242,18 +243,27 @@ fn parse(text: &str) -> std::result::Result<Pool, String> {
             }
             return Ok(pool);
         }
-        let mut f = line.split(' ');
-        let (Some(ip), Some(cid), Some(ifname), None) = (f.next(), f.next(), f.next(), f.next())
-        else {
-            return Err(format!(
-                "line {}: expected \"<address> <containerID> <ifname>\"",
-                n + 2
-            ));
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (ip, network, cid, ifname) = match (v1, &fields[..]) {
+            (true, &[ip, cid, ifname]) => (ip, NO_NETWORK, cid, ifname),
+            (false, &[ip, network, cid, ifname]) => (ip, network, cid, ifname),
+            _ => {
+                return Err(format!(
+                    "line {}: expected \"<address> {}<containerID> <ifname>\"",
+                    n + 2,
+                    if v1 { "" } else { "<network> " }
+                ))
+            }
         };
         let ip: IpAddr = ip
             .parse()
             .map_err(|_| format!("line {}: bad address {ip:?}", n + 2))?;
-        let owner = Owner::new(cid, ifname).map_err(|e| format!("line {}: {}", n + 2, e.msg))?;
+        let owner = if network == NO_NETWORK {
+            Owner::legacy(cid, ifname)
+        } else {
+            Owner::new(network, cid, ifname)
+        }
+        .map_err(|e| format!("line {}: {}", n + 2, e.msg))?;
         if pool.map.insert(ip, owner).is_some() {
             return Err(format!("line {}: {ip} listed twice", n + 2));
         }
@@ -264,7 +274,7 @@ fn parse(text: &str) -> std::result::Result<Pool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{owner, range};
+    use crate::store::test_support::{ip, owner, range};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -358,7 +368,7 @@ mod tests {
                 .unwrap();
         }
         let keep: HashSet<Owner> = [owner("b")].into();
-        let freed = store.retain(&keep).unwrap();
+        let freed = store.retain("net1", &keep).unwrap();
         assert_eq!(freed.len(), 2);
         assert_eq!(store.list().unwrap().owned_by(&owner("b")).len(), 1);
         assert_eq!(store.list().unwrap().map.len(), 1);
@@ -394,6 +404,41 @@ mod tests {
         assert!(e.msg.contains("truncated"), "{}", e.msg);
         assert!(parse("weft-ipam pool v1\n10.0.0.2 a eth0\n10.0.0.2 b eth0\nend 2\n").is_err());
         assert!(parse("weft-ipam pool v1\n10.0.0.2 ../x eth0\nend 1\n").is_err());
+        assert!(parse("weft-ipam pool v2\n10.0.0.2 n a eth0\n10.0.0.2 n b eth0\nend 2\n").is_err());
+        assert!(parse("weft-ipam pool v2\n10.0.0.2 ../n a eth0\nend 1\n").is_err());
+        assert!(parse("weft-ipam pool v2\n10.0.0.2 a eth0\nend 1\n").is_err());
+        assert!(parse("weft-ipam pool v1\n10.0.0.2 n a eth0\nend 1\n").is_err());
+    }
+
+    #[test]
+    fn pools_of_the_previous_release_are_read_served_and_upgraded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path(), "shared").unwrap();
+        fs::create_dir_all(store.dir()).unwrap();
+        fs::write(
+            store.pool_path(),
+            "weft-ipam pool v1\n10.0.0.2 ga1 eth0\n10.0.0.3 gb1 eth0\nend 2\n",
+        )
+        .unwrap();
+        let r = range("10.0.0.0/24");
+        let any = [Claim {
+            range: &r,
+            want: None,
+        }];
+        // An idempotent ADD of ga1 through network ga gets its address back, now owned by ga.
+        let ga1 = Owner::new("ga", "ga1", "eth0").unwrap();
+        assert_eq!(store.reserve(&ga1, &any).unwrap(), vec![ip("10.0.0.2")]);
+        let text = fs::read_to_string(store.pool_path()).unwrap();
+        assert!(text.starts_with("weft-ipam pool v2\n"), "{text}");
+        assert!(text.contains("10.0.0.2 ga ga1 eth0\n"), "{text}");
+        assert!(text.contains("10.0.0.3 - gb1 eth0\n"), "{text}");
+        // GC of ga does not free gb1's legacy reservation (it may be gb's).
+        let keep: HashSet<Owner> = [ga1.clone()].into();
+        assert!(store.retain("ga", &keep).unwrap().is_empty());
+        // DEL of gb1 through gb frees it.
+        let gb1 = Owner::new("gb", "gb1", "eth0").unwrap();
+        assert_eq!(store.release(&gb1).unwrap(), vec![ip("10.0.0.3")]);
+        assert_eq!(store.list().unwrap().map.len(), 1);
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Reservation stores. A reservation maps one address to its owner `{containerID, ifname}`.
+//! Reservation stores. A reservation maps one address to its owner, the attachment
+//! `(network, containerID, ifname)` ([`conf::AttachmentKey`]). The network is the CNI network's
+//! `name`, not the pool's `network_name`: several networks may share one pool (that is what
+//! `network_name` is for), and GC of one of them frees only its own reservations.
 //!
 //! Both stores share the decision logic in [`Pool::plan`] (idempotency, static requests,
 //! lowest free address) and differ only in how they make the decision stick:
@@ -17,32 +20,12 @@ use crate::config::StoreConfig;
 use crate::range::Range;
 use conf::{Error, Result};
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::IpAddr;
 
-/// Who holds an address. Both parts are validated before they reach a file or a key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Owner {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-impl Owner {
-    pub fn new(container_id: &str, ifname: &str) -> Result<Owner> {
-        conf::env::validate_container_id(container_id)?;
-        conf::env::validate_ifname(ifname)?;
-        Ok(Owner {
-            container_id: container_id.to_string(),
-            ifname: ifname.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.container_id, self.ifname)
-    }
-}
+/// Who holds an address: the attachment, validated before it reaches a file or a key.
+/// Reservations written before network scoping have a legacy owner (no network): they answer
+/// to their interface in every network and are adopted by the first verb that names them.
+pub type Owner = conf::AttachmentKey;
 
 /// One address wanted from one range: any free one (lowest first) or a specific one.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +43,13 @@ pub trait Store {
     fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>>;
     /// The addresses `owner` holds.
     fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>>;
-    /// Frees every reservation whose owner is not in `keep`; returns what was freed.
-    fn retain(&self, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>>;
-    /// Reachable and writable (the caller maps a failure to STATUS code 50).
-    fn status(&self) -> Result<()>;
+    /// GC of `network`: frees every reservation of `network` whose owner is not in `keep`, and
+    /// adopts legacy reservations that `keep` names into `network`; reservations of other
+    /// networks and unnamed legacy ones stay. Returns what was freed.
+    fn retain(&self, network: &str, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>>;
+    /// Reachable, writable, and what it holds is consistent with `ranges` (the configured
+    /// ranges; empty when the config cannot be read): the caller maps a failure to code 50.
+    fn status(&self, ranges: &[Range]) -> Result<()>;
 }
 
 /// Opens the store a config names, for one network.
@@ -135,7 +121,7 @@ impl Pool {
         let mine = self
             .map
             .range(r.start..=r.end)
-            .find(|(_, o)| *o == owner)
+            .find(|(_, o)| o.answers_to(owner))
             .map(|(ip, _)| *ip);
         match (mine, claim.want) {
             (Some(have), Some(want)) if have != want => Err(Error::invalid_config(format!(
@@ -176,12 +162,62 @@ impl Pool {
         Ok(plan)
     }
 
+    /// The addresses held by `owner` (its own reservations and legacy ones of its interface).
     pub fn owned_by(&self, owner: &Owner) -> Vec<IpAddr> {
         self.map
             .iter()
-            .filter(|(_, o)| *o == owner)
+            .filter(|(_, o)| o.answers_to(owner))
             .map(|(ip, _)| *ip)
             .collect()
+    }
+
+    /// Stamps `owner` on the legacy reservations of `addrs` that answer to it; whether any did.
+    pub fn adopt(&mut self, owner: &Owner, addrs: &[IpAddr]) -> bool {
+        let mut changed = false;
+        for ip in addrs {
+            if let Some(o) = self.map.get_mut(ip) {
+                if o.is_legacy() && o.answers_to(owner) {
+                    *o = owner.clone();
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Every address `owner` holds, freed (see [`Store::release`]).
+    pub fn release(&mut self, owner: &Owner) -> Vec<IpAddr> {
+        let mine = self.owned_by(owner);
+        for ip in &mine {
+            self.map.remove(ip);
+        }
+        mine
+    }
+
+    /// GC of `network` (see [`Store::retain`]): returns what was freed and whether anything
+    /// changed (frees or adoptions).
+    pub fn retain(&mut self, network: &str, keep: &HashSet<Owner>) -> (Vec<(IpAddr, Owner)>, bool) {
+        let mut freed = Vec::new();
+        let mut adopted = false;
+        self.map.retain(|ip, owner| match owner.network() {
+            Some(n) if n == network => {
+                let k = keep.contains(owner);
+                if !k {
+                    freed.push((*ip, owner.clone()));
+                }
+                k
+            }
+            Some(_) => true,
+            None => {
+                if let Some(listed) = keep.iter().find(|k| k.same_interface(owner)) {
+                    *owner = listed.clone();
+                    adopted = true;
+                }
+                true
+            }
+        });
+        let changed = adopted || !freed.is_empty();
+        (freed, changed)
     }
 }
 
@@ -203,8 +239,8 @@ mod tests {
     #[test]
     fn plan_is_idempotent_and_respects_other_owners() {
         let r = range("10.0.0.0/29");
-        let a = Owner::new("a", "eth0").unwrap();
-        let b = Owner::new("b", "eth0").unwrap();
+        let a = Owner::new("n", "a", "eth0").unwrap();
+        let b = Owner::new("n", "b", "eth0").unwrap();
         let mut pool = Pool::default();
         let claims = [Claim {
             range: &r,
@@ -233,10 +269,10 @@ mod tests {
         let r = range("10.0.0.0/30");
         let mut pool = Pool::default();
         pool.map
-            .insert(ip("10.0.0.2"), Owner::new("a", "eth0").unwrap());
+            .insert(ip("10.0.0.2"), Owner::new("n", "a", "eth0").unwrap());
         let e = pool
             .plan(
-                &Owner::new("b", "eth0").unwrap(),
+                &Owner::new("n", "b", "eth0").unwrap(),
                 &[Claim {
                     range: &r,
                     want: None,
@@ -249,9 +285,56 @@ mod tests {
 
     #[test]
     fn owner_rejects_path_tricks() {
-        assert!(Owner::new("../etc", "eth0").is_err());
-        assert!(Owner::new("abc", "eth0/x").is_err());
-        assert!(Owner::new("abc", "a b").is_err());
-        assert!(Owner::new("abc", "0123456789abcdef").is_err());
+        assert!(Owner::new("n", "../etc", "eth0").is_err());
+        assert!(Owner::new("n", "abc", "eth0/x").is_err());
+        assert!(Owner::new("n", "abc", "a b").is_err());
+        assert!(Owner::new("n", "abc", "0123456789abcdef").is_err());
+        assert!(Owner::new("../n", "abc", "eth0").is_err());
+    }
+
+    #[test]
+    fn gc_frees_only_its_own_network_and_adopts_named_legacy_reservations() {
+        let mine = Owner::new("ga", "ga1", "eth0").unwrap();
+        let gone = Owner::new("ga", "ga2", "eth0").unwrap();
+        let theirs = Owner::new("gb", "gb1", "eth0").unwrap();
+        let legacy_named = Owner::legacy("old1", "eth0").unwrap();
+        let legacy_other = Owner::legacy("old2", "eth0").unwrap();
+        let mut pool = Pool::default();
+        for (i, o) in [&mine, &gone, &theirs, &legacy_named, &legacy_other]
+            .into_iter()
+            .enumerate()
+        {
+            pool.map.insert(ip(&format!("10.0.0.{}", i + 2)), o.clone());
+        }
+        let keep: HashSet<Owner> = [mine.clone(), legacy_named.in_network("ga")].into();
+        let (freed, changed) = pool.retain("ga", &keep);
+        assert!(changed);
+        assert_eq!(freed, vec![(ip("10.0.0.3"), gone)]);
+        assert_eq!(pool.map[&ip("10.0.0.4")], theirs, "another network's stays");
+        assert_eq!(pool.map[&ip("10.0.0.5")], legacy_named.in_network("ga"));
+        assert_eq!(
+            pool.map[&ip("10.0.0.6")],
+            legacy_other,
+            "unnamed legacy stays"
+        );
+    }
+
+    #[test]
+    fn legacy_reservations_answer_to_their_interface_and_are_adopted() {
+        let r = range("10.0.0.0/29");
+        let old = Owner::legacy("a", "eth0").unwrap();
+        let now = Owner::new("n1", "a", "eth0").unwrap();
+        let mut pool = Pool::default();
+        pool.map.insert(ip("10.0.0.2"), old);
+        let claims = [Claim {
+            range: &r,
+            want: None,
+        }];
+        let p = pool.plan(&now, &claims).unwrap();
+        assert_eq!((p.addrs.clone(), p.new), (vec![ip("10.0.0.2")], vec![]));
+        assert!(pool.adopt(&now, &p.addrs));
+        assert_eq!(pool.map[&ip("10.0.0.2")], now);
+        let other = Owner::new("n2", "a", "eth0").unwrap();
+        assert!(pool.owned_by(&other).is_empty(), "adopted: n1's now");
     }
 }

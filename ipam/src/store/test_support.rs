@@ -22,7 +22,7 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// The owner `<c>:eth0`.
+/// The owner `net1/<c>/eth0`.
 pub fn owner(c: &str) -> Owner {
-    Owner::new(c, "eth0").unwrap()
+    Owner::new("net1", c, "eth0").unwrap()
 }

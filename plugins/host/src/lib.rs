@@ -18,6 +18,6 @@ pub mod record;
 pub use error::HostError;
 pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
 pub use netns::{netns_cookie, netns_exists, run_in_netns};
-pub use record::{RecordKey, RecordStore, StoreLock};
+pub use record::{RecordStore, StoreLock};
 /// The rtnetlink version [`link::netlink`] hands out handles of.
 pub use rtnetlink;

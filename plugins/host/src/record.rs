@@ -1,11 +1,19 @@
-//! Attachment records under `/var/lib/cni/<plugin>/`: one JSON file per (container ID, ifname).
+//! Attachment records under `/var/lib/cni/<plugin>/`: one JSON file per attachment.
 //!
-//! File name: `<containerID>:<ifname>`. The separator must be a character neither part can
-//! contain, otherwise `a-b` + `c` and `a` + `b-c` collide (sriov-cni's `<id>-<ifname>` has that
-//! flaw). Container IDs are `[A-Za-z0-9][A-Za-z0-9_.-]*` and the kernel forbids `:` in ifnames
-//! (it marks alias labels), so `:` is unambiguous and a file name splits back into its key.
-//! Temp files start with `.` (no container ID does) and the lock file is `lock` (no `:`), so
-//! [`RecordStore::keys`] can tell records from everything else.
+//! Layout (records 0600, directories 0700):
+//! ```text
+//! <plugin>/lock                          flock(2) target for read-modify-write of shared state
+//! <plugin>/<network>/<containerID>:<ifname>   one record per attachment of <network>
+//! <plugin>/<containerID>:<ifname>        legacy: written before records named their network
+//! ```
+//! The network is a directory, so GC of one network lists only its own records and can never
+//! touch another network's (see [`conf::AttachmentKey`] for how legacy records are served and
+//! adopted). The file name separator must be a character neither part can contain, otherwise
+//! `a-b` + `c` and `a` + `b-c` collide (sriov-cni's `<id>-<ifname>` has that flaw). Container
+//! IDs are `[A-Za-z0-9][A-Za-z0-9_.-]*` and the kernel forbids `:` in ifnames (it marks alias
+//! labels), so `:` is unambiguous and a file name splits back into its key. Temp files start
+//! with `.` (no container ID does) and the lock file is `lock` (no `:`), so a listing can tell
+//! records from everything else.
 //!
 //! Writes are atomic (temp file with O_EXCL and 0600, fsync, rename, fsync of the directory): a
 //! reader sees the old record or the new one, never a torn one, also after a crash.
@@ -18,6 +26,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use conf::AttachmentKey;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::HostError;
@@ -35,73 +44,37 @@ const MAX_IFNAME: usize = 15;
 /// Keeps `<id>:<ifname>` within NAME_MAX (255) so a long ID is a clear error, not ENAMETOOLONG.
 const MAX_CONTAINER_ID: usize = 255 - 1 - MAX_IFNAME;
 
-/// A validated (container ID, ifname) pair: the only way to name a record file.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RecordKey {
-    container_id: String,
-    ifname: String,
-}
-
-impl RecordKey {
-    /// Validates both parts before they can reach a path, with the dispatcher's own rules
-    /// (`conf::env::validate_container_id` / `validate_ifname`).
-    pub fn new(container_id: &str, ifname: &str) -> Result<Self, HostError> {
-        validate_container_id(container_id)?;
-        validate_ifname(ifname)?;
-        Ok(RecordKey {
-            container_id: container_id.to_owned(),
-            ifname: ifname.to_owned(),
-        })
+/// Checks a key's parts against what fits a file name (conf validated their characters).
+fn check_key(key: &AttachmentKey) -> Result<(), HostError> {
+    if key.container_id().len() > MAX_CONTAINER_ID {
+        return Err(HostError::InvalidKey {
+            what: "container ID",
+            value: key.container_id().to_owned(),
+            reason: format!("container ID is longer than {MAX_CONTAINER_ID} bytes"),
+        });
     }
-
-    pub fn container_id(&self) -> &str {
-        &self.container_id
-    }
-
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
-    fn file_name(&self) -> String {
-        format!("{}{SEPARATOR}{}", self.container_id, self.ifname)
-    }
-
-    /// The key a record file name stands for; `None` for temp files, the lock and foreign names.
-    fn from_file_name(name: &str) -> Option<Self> {
-        let (cid, ifname) = name.split_once(SEPARATOR)?;
-        RecordKey::new(cid, ifname).ok()
-    }
-}
-
-impl std::fmt::Display for RecordKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.container_id, self.ifname)
-    }
-}
-
-/// conf's env checks (`^[A-Za-z0-9][A-Za-z0-9_.-]*$`; the kernel's ifname rules), plus a length
-/// limit so the file name fits in NAME_MAX.
-fn validate_container_id(id: &str) -> Result<(), HostError> {
-    let invalid = |reason: String| HostError::InvalidKey {
-        what: "container ID",
-        value: id.to_owned(),
-        reason,
-    };
-    conf::env::validate_container_id(id).map_err(|e| invalid(e.msg))?;
-    if id.len() > MAX_CONTAINER_ID {
-        return Err(invalid(format!(
-            "container ID is longer than {MAX_CONTAINER_ID} bytes"
-        )));
+    if key.network().is_some_and(|n| n.len() > 255) {
+        return Err(HostError::InvalidKey {
+            what: "network name",
+            value: key.network().unwrap_or_default().to_owned(),
+            reason: "network name is longer than 255 bytes".into(),
+        });
     }
     Ok(())
 }
 
-fn validate_ifname(name: &str) -> Result<(), HostError> {
-    conf::env::validate_ifname(name).map_err(|e| HostError::InvalidKey {
-        what: "ifname",
-        value: name.to_owned(),
-        reason: e.msg,
-    })
+fn file_name(key: &AttachmentKey) -> String {
+    format!("{}{SEPARATOR}{}", key.container_id(), key.ifname())
+}
+
+/// The key a record file name stands for; `None` for temp files, the lock and foreign names.
+fn key_from_file_name(network: Option<&str>, name: &str) -> Option<AttachmentKey> {
+    let (cid, ifname) = name.split_once(SEPARATOR)?;
+    let key = match network {
+        Some(n) => AttachmentKey::new(n, cid, ifname),
+        None => AttachmentKey::legacy(cid, ifname),
+    };
+    key.ok().filter(|k| check_key(k).is_ok())
 }
 
 /// A directory of attachment records for one plugin.
@@ -146,20 +119,31 @@ impl RecordStore {
         &self.dir
     }
 
+    /// The directory holding `key`'s record: the network's, or the store's own for a legacy key.
+    fn dir_of(&self, key: &AttachmentKey) -> PathBuf {
+        match key.network() {
+            Some(n) => self.dir.join(n),
+            None => self.dir.clone(),
+        }
+    }
+
     /// Where the record for `key` lives (whether or not it exists).
-    pub fn path(&self, key: &RecordKey) -> PathBuf {
-        self.dir.join(key.file_name())
+    pub fn path(&self, key: &AttachmentKey) -> PathBuf {
+        self.dir_of(key).join(file_name(key))
     }
 
     /// Atomically replaces the record for `key` with `value` as JSON.
-    pub fn write<T: Serialize>(&self, key: &RecordKey, value: &T) -> Result<(), HostError> {
+    pub fn write<T: Serialize>(&self, key: &AttachmentKey, value: &T) -> Result<(), HostError> {
+        check_key(key)?;
         let mut bytes = serde_json::to_vec_pretty(value)
             .map_err(|e| HostError::io(format!("encode record {key}"), io::Error::other(e)))?;
         bytes.push(b'\n');
+        let dir = self.dir_of(key);
         self.ensure_dir()?;
+        ensure_private_dir(&dir)?;
 
         let target = self.path(key);
-        let temp = TempFile::create(&self.dir)?;
+        let temp = TempFile::create(&dir)?;
         let ctx = |what: &str| format!("{what} {}", temp.path.display());
         let mut file = temp.file.as_ref().expect("open until persisted");
         file.write_all(&bytes)
@@ -167,12 +151,13 @@ impl RecordStore {
         file.sync_all()
             .map_err(|e| HostError::io(ctx("fsync"), e))?;
         temp.persist(&target)?;
-        self.sync_dir()
+        sync_dir(&dir)
     }
 
     /// The record for `key`; `Ok(None)` if there is none. A record that does not decode as `T`
     /// is [`HostError::CorruptRecord`].
-    pub fn read<T: DeserializeOwned>(&self, key: &RecordKey) -> Result<Option<T>, HostError> {
+    pub fn read<T: DeserializeOwned>(&self, key: &AttachmentKey) -> Result<Option<T>, HostError> {
+        check_key(key)?;
         let path = self.path(key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -187,12 +172,30 @@ impl RecordStore {
             })
     }
 
+    /// The record serving a request for `key`: its own, else a legacy record of the same
+    /// interface (see [`conf::AttachmentKey`]). Returns the key it is stored under.
+    pub fn find<T: DeserializeOwned>(
+        &self,
+        key: &AttachmentKey,
+    ) -> Result<Option<(AttachmentKey, T)>, HostError> {
+        if let Some(v) = self.read(key)? {
+            return Ok(Some((key.clone(), v)));
+        }
+        if key.is_legacy() {
+            return Ok(None);
+        }
+        let legacy = AttachmentKey::legacy(key.container_id(), key.ifname())
+            .expect("parts of a valid key are valid");
+        Ok(self.read(&legacy)?.map(|v| (legacy, v)))
+    }
+
     /// Removes the record for `key`; `Ok(false)` if there was none.
-    pub fn remove(&self, key: &RecordKey) -> Result<bool, HostError> {
+    pub fn remove(&self, key: &AttachmentKey) -> Result<bool, HostError> {
+        check_key(key)?;
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {
-                self.sync_dir()?;
+                sync_dir(&self.dir_of(key))?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -200,26 +203,20 @@ impl RecordStore {
         }
     }
 
-    /// Every record's key, sorted (for GC). Temp files, the lock and foreign files are skipped;
-    /// a store that was never written has no keys.
-    pub fn keys(&self) -> Result<Vec<RecordKey>, HostError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(HostError::io(format!("list {}", self.dir.display()), e)),
-        };
-        let mut keys = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| HostError::io(format!("list {}", self.dir.display()), e))?;
-            let name = entry.file_name();
-            match name.to_str().and_then(RecordKey::from_file_name) {
-                Some(key) => keys.push(key),
-                None => tracing::debug!(file = ?name, dir = %self.dir.display(), "not a record"),
-            }
-        }
-        keys.sort();
-        Ok(keys)
+    /// The keys of every record of `network`, sorted (for GC). Temp files, the lock and
+    /// foreign files are skipped; a network that was never written has no keys.
+    pub fn keys(&self, network: &str) -> Result<Vec<AttachmentKey>, HostError> {
+        conf::env::validate_network_name(network).map_err(|e| HostError::InvalidKey {
+            what: "network name",
+            value: network.to_owned(),
+            reason: e.msg,
+        })?;
+        list_keys(&self.dir.join(network), Some(network))
+    }
+
+    /// The keys of legacy records (written before records named their network), sorted.
+    pub fn legacy_keys(&self) -> Result<Vec<AttachmentKey>, HostError> {
+        list_keys(&self.dir, None)
     }
 
     /// Takes the store's exclusive lock, blocking until it is free. Runtimes serialize calls per
@@ -252,13 +249,44 @@ impl RecordStore {
             Err(e) => Err(HostError::io(format!("create {}", self.dir.display()), e)),
         }
     }
+}
 
-    /// Makes a rename or unlink durable.
-    fn sync_dir(&self) -> Result<(), HostError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| HostError::io(format!("fsync {}", self.dir.display()), e))
+fn list_keys(dir: &Path, network: Option<&str>) -> Result<Vec<AttachmentKey>, HostError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(HostError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| HostError::io(format!("list {}", dir.display()), e))?;
+        let name = entry.file_name();
+        match name.to_str().and_then(|n| key_from_file_name(network, n)) {
+            Some(key) => keys.push(key),
+            None => tracing::debug!(file = ?name, dir = %dir.display(), "not a record"),
+        }
     }
+    keys.sort();
+    Ok(keys)
+}
+
+/// Creates `dir` (one level, under an existing store directory) as 0700.
+fn ensure_private_dir(dir: &Path) -> Result<(), HostError> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => match dir.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(HostError::io(format!("create {}", dir.display()), e)),
+    }
+}
+
+/// Makes a rename or unlink in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), HostError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| HostError::io(format!("fsync {}", dir.display()), e))
 }
 
 /// A uniquely named temp file in the store; removed on drop unless persisted.
@@ -336,8 +364,8 @@ mod tests {
         (tmp, store)
     }
 
-    fn key(c: &str, i: &str) -> RecordKey {
-        RecordKey::new(c, i).unwrap()
+    fn key(c: &str, i: &str) -> AttachmentKey {
+        AttachmentKey::new("net1", c, i).unwrap()
     }
 
     fn dir_names(store: &RecordStore) -> Vec<String> {
@@ -391,11 +419,14 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(dir_names(&s), vec!["c1:net1".to_string()]);
+        assert_eq!(dir_names(&s), vec!["net1".to_string()]);
+        assert_eq!(s.keys("net1").unwrap(), vec![k.clone()]);
         let mode = fs::metadata(s.path(&k)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = fs::metadata(s.dir()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(dmode, 0o700);
+        for dir in [s.dir().to_path_buf(), s.dir().join("net1")] {
+            let dmode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(dmode, 0o700, "{}", dir.display());
+        }
     }
 
     #[test]
@@ -417,7 +448,8 @@ mod tests {
         )
         .unwrap();
         assert!(s.write(&k, &Bad).is_err());
-        assert_eq!(dir_names(&s), vec!["c1:eth0".to_string()]);
+        assert_eq!(s.keys("net1").unwrap(), vec![k.clone()]);
+        assert_eq!(fs::read_dir(s.dir().join("net1")).unwrap().count(), 1);
         assert_eq!(s.read::<Rec>(&k).unwrap().unwrap().n, 7);
     }
 
@@ -440,38 +472,15 @@ mod tests {
     }
 
     #[test]
-    fn bad_keys_rejected() {
-        for (cid, ifname) in [
-            ("../x", "eth0"),
-            ("a/b", "eth0"),
-            ("..", "eth0"),
-            (".hidden", "eth0"),
-            ("-dash", "eth0"),
-            ("", "eth0"),
-            ("a b", "eth0"),
-            ("a:b", "eth0"),
-            ("abc", "0123456789abcdef"), // 16 bytes
-            ("abc", "eth0:1"),
-            ("abc", " eth0"),
-            ("abc", "eth0\n"),
-            ("abc", "eth\t0"),
-            ("abc", "a/b"),
-            ("abc", ".."),
-            ("abc", "."),
-            ("abc", ""),
-        ] {
-            let e = RecordKey::new(cid, ifname).unwrap_err();
-            assert!(
-                matches!(e, HostError::InvalidKey { .. }),
-                "{cid:?} {ifname:?}"
-            );
-            assert_eq!(conf::Error::from(e).code, conf::code::INVALID_ENV);
-        }
+    fn too_long_keys_are_refused_before_touching_the_disk() {
+        let (_t, s) = store();
         let long_id = "a".repeat(MAX_CONTAINER_ID + 1);
-        assert!(RecordKey::new(&long_id, "eth0").is_err());
-        // Edge cases that are valid.
-        RecordKey::new(&"a".repeat(MAX_CONTAINER_ID), "0123456789abcde").unwrap();
-        RecordKey::new("A.b_c-1", "veth-1.2@x").unwrap();
+        let k = AttachmentKey::new("net1", &long_id, "eth0").unwrap();
+        let e = s.write(&k, &1u8).unwrap_err();
+        assert!(matches!(e, HostError::InvalidKey { .. }), "{e}");
+        assert_eq!(conf::Error::from(e).code, conf::code::INVALID_ENV);
+        assert!(!s.dir().exists(), "nothing created");
+        assert!(s.read::<u8>(&k).is_err());
     }
 
     #[test]
@@ -479,7 +488,7 @@ mod tests {
         let (_t, s) = store();
         let k = key(&"a".repeat(MAX_CONTAINER_ID), "0123456789abcde");
         s.write(&k, &1u8).unwrap();
-        assert_eq!(s.keys().unwrap(), vec![k]);
+        assert_eq!(s.keys("net1").unwrap(), vec![k]);
     }
 
     #[test]
@@ -491,18 +500,48 @@ mod tests {
         s.write(&a, &1u8).unwrap();
         s.write(&b, &2u8).unwrap();
         let _lock = s.lock().unwrap();
-        fs::write(s.dir().join(".tmp-1-1"), b"x").unwrap();
-        fs::write(s.dir().join("foreign"), b"x").unwrap();
-        fs::write(s.dir().join("x:0123456789abcdefg"), b"x").unwrap(); // ifname too long
-        assert_eq!(s.keys().unwrap(), vec![key("a", "b-c"), key("a-b", "c")]);
+        let net = s.dir().join("net1");
+        fs::write(net.join(".tmp-1-1"), b"x").unwrap();
+        fs::write(net.join("foreign"), b"x").unwrap();
+        fs::write(net.join("x:0123456789abcdefg"), b"x").unwrap(); // ifname too long
+        assert_eq!(
+            s.keys("net1").unwrap(),
+            vec![key("a", "b-c"), key("a-b", "c")]
+        );
         assert_eq!(s.read::<u8>(&a).unwrap(), Some(1));
         assert_eq!(s.read::<u8>(&b).unwrap(), Some(2));
     }
 
     #[test]
+    fn networks_are_apart_and_legacy_records_serve_every_network() {
+        let (_t, s) = store();
+        let a1 = AttachmentKey::new("net1", "c1", "eth0").unwrap();
+        let a2 = AttachmentKey::new("net2", "c1", "eth0").unwrap();
+        s.write(&a1, &1u8).unwrap();
+        assert_eq!(s.keys("net1").unwrap(), vec![a1.clone()]);
+        assert!(
+            s.keys("net2").unwrap().is_empty(),
+            "net2 sees nothing of net1"
+        );
+        assert_eq!(s.find::<u8>(&a2).unwrap(), None);
+        assert_eq!(s.find::<u8>(&a1).unwrap(), Some((a1.clone(), 1)));
+        // A record from before network scoping: <plugin>/<cid>:<ifname>.
+        let old = AttachmentKey::legacy("c9", "net3").unwrap();
+        fs::write(s.dir().join("c9:net3"), b"7").unwrap();
+        assert_eq!(s.legacy_keys().unwrap(), vec![old.clone()]);
+        let wanted = AttachmentKey::new("net2", "c9", "net3").unwrap();
+        assert_eq!(s.find::<u8>(&wanted).unwrap(), Some((old.clone(), 7)));
+        assert!(s.keys("net2").unwrap().is_empty());
+        assert!(s.remove(&old).unwrap());
+        assert_eq!(s.find::<u8>(&wanted).unwrap(), None);
+        assert!(s.keys("../x").is_err());
+    }
+
+    #[test]
     fn empty_store_has_no_keys() {
         let (_t, s) = store();
-        assert!(s.keys().unwrap().is_empty());
+        assert!(s.keys("net1").unwrap().is_empty());
+        assert!(s.legacy_keys().unwrap().is_empty());
         assert!(!s.remove(&key("a", "eth0")).unwrap());
     }
 
@@ -553,10 +592,8 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(s.read::<u64>(&k).unwrap(), Some(200));
-        assert_eq!(
-            dir_names(&s),
-            vec!["counter:eth0".to_string(), "lock".to_string()]
-        );
+        assert_eq!(dir_names(&s), vec!["lock".to_string(), "net1".to_string()]);
+        assert_eq!(s.keys("net1").unwrap(), vec![k]);
     }
 
     #[test]

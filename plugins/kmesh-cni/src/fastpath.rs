@@ -4,33 +4,43 @@
 use crate::error::from_bpf;
 use crate::pod::PodNet;
 use crate::record::{EndpointEntry, Record, State};
-use conf::Result;
-use host::{RecordKey, RecordStore};
+use conf::{AttachmentKey, Result};
+use host::RecordStore;
 
 /// The tcx link pin name for an attachment: readable (container ID prefix) and unique (a hash
-/// of both parts, since `<cid>.<ifname>` could be read two ways).
-pub fn attach_key(key: &RecordKey) -> String {
+/// of every part, since `<cid>.<ifname>` could be read two ways).
+pub fn attach_key(key: &AttachmentKey) -> String {
     let cid: String = key.container_id().chars().take(64).collect();
     format!("{cid}-{:016x}", owner(key))
 }
 
 /// The owner token stored in every map entry this attachment inserts.
-pub fn owner(key: &RecordKey) -> u64 {
-    bpf::owner_token(&[key.container_id(), key.ifname()])
+pub fn owner(key: &AttachmentKey) -> u64 {
+    bpf::owner_token(&[
+        key.network().unwrap_or_default(),
+        key.container_id(),
+        key.ifname(),
+    ])
 }
 
-/// Brings up the fast path for `pod`, recording each step first. On failure everything done so
-/// far is undone (and the record dropped) before the error is returned.
+/// Brings up the fast path for `pod` in `key`'s network, recording each step first. On failure
+/// everything done so far is undone (and the record dropped) before the error is returned.
 pub fn attach(
     store: &RecordStore,
-    key: &RecordKey,
+    key: &AttachmentKey,
     pin_root: &bpf::PinRoot,
     mode: bpf::Mode,
     pod: &PodNet,
     enrol_cookie: Option<u64>,
 ) -> Result<Record> {
     let owner = owner(key);
+    let network = key.network().expect("ADD keys name their network");
     let mut record = Record {
+        layout: bpf::LAYOUT_VERSION,
+        network: Some(network.to_owned()),
+        network_id: bpf::network_id(network),
+        pin_root: Some(pin_root.path().to_path_buf()),
+        owner,
         state: State::Attaching,
         netns: pod.netns.display().to_string(),
         host_veth: pod.host_veth.name.clone(),
@@ -55,22 +65,23 @@ pub fn attach(
     store.write(key, &record)?;
     let result = (|| -> Result<()> {
         let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
+        // The device entry first: the program looks nothing up for a veth it cannot place
+        // in a network, so until then it passes everything.
+        maps.devices
+            .insert(record.host_ifindex, &record.device())
+            .map_err(|e| from_bpf("insert device", e))?;
         record.attachment = Some(
             maps.attach(&record.host_veth, mode, &record.attach_key)
                 .map_err(|e| from_bpf("attach", e))?,
         );
         for ep in &record.endpoints {
             maps.endpoints
-                .insert(ep.ip, &ep.to_bpf())
+                .insert(record.network_id, ep.ip, &ep.to_bpf())
                 .map_err(|e| from_bpf("insert endpoint", e))?;
         }
         if let Some(cookie) = enrol_cookie {
-            let value = bpf::Managed {
-                flags: bpf::MANAGED_F_ENROLLED,
-                ifindex: pod.host_veth.index,
-            };
             maps.managed
-                .insert(cookie, &value)
+                .insert(cookie, &record.managed())
                 .map_err(|e| from_bpf("enrol", e))?;
         }
         Ok(())
@@ -90,45 +101,75 @@ pub fn attach(
     }
 }
 
-/// Undoes everything `record` lists that is still ours, then drops the record. Everything
-/// already gone (veth deleted with the netns, pins removed, entry taken over by a new pod) is
-/// fine.
+/// Undoes everything `record` (stored under `key`) lists that is still ours, then drops the
+/// record. Everything already gone (veth deleted with the netns, pins removed, entry taken over
+/// by a new pod) is fine. `configured` is the config's pin root, used only for layout-1 records,
+/// which did not record theirs.
 pub fn detach(
     store: &RecordStore,
-    key: &RecordKey,
-    pin_root: &bpf::PinRoot,
+    key: &AttachmentKey,
+    configured: &bpf::PinRoot,
     record: &Record,
 ) -> Result<()> {
+    let pin_root = record.pin_root(configured);
     // Map entries live in the pinned maps: if the pin root is gone (bpffs remounted, operator
     // rm) or never was on bpffs (a failed ADD with a bad pinRoot), there are none to remove,
     // and opening would only create empty maps or fail the DEL for nothing.
     if bpf::is_bpffs(pin_root.path()).unwrap_or(false) {
-        let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
-        for ep in &record.endpoints {
-            maps.endpoints
-                .remove_if_owner(ep.ip, &ep.to_bpf())
-                .map_err(|e| from_bpf("remove endpoint", e))?;
-        }
-        if let Some(cookie) = record.netns_cookie {
-            maps.managed
-                .remove(cookie)
-                .map_err(|e| from_bpf("unenrol", e))?;
+        if record.is_layout_1() {
+            remove_layout_1_entries(&pin_root, record)?;
+        } else {
+            remove_entries(&pin_root, record)?;
         }
     }
     // The program itself must go whatever the pins say: a legacy tc filter lives on the veth,
     // not in bpffs, and nothing could find it again once the record is dropped.
     match &record.attachment {
-        Some(att) => bpf::detach(pin_root, att),
+        Some(att) => bpf::detach(&pin_root, att),
         // Crashed between recording intent and attaching: clear whatever may be there.
-        None => bpf::detach_key(pin_root, &record.attach_key, Some(&record.host_veth)),
+        None => bpf::detach_key(&pin_root, &record.attach_key, Some(&record.host_veth)),
     }
     .map_err(|e| from_bpf("detach", e))?;
     store.remove(key)?;
     Ok(())
 }
 
+fn remove_entries(pin_root: &bpf::PinRoot, record: &Record) -> Result<()> {
+    let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
+    for ep in &record.endpoints {
+        maps.endpoints
+            .remove_if_owner(record.network_id, ep.ip, &ep.to_bpf())
+            .map_err(|e| from_bpf("remove endpoint", e))?;
+    }
+    if let Some(cookie) = record.netns_cookie {
+        maps.managed
+            .remove_if_owner(cookie, &record.managed())
+            .map_err(|e| from_bpf("unenrol", e))?;
+    }
+    maps.devices
+        .remove_if_owner(record.host_ifindex, &record.device())
+        .map_err(|e| from_bpf("remove device", e))?;
+    Ok(())
+}
+
+/// A record of a release before network scoping: its entries are in the layout-1 maps.
+fn remove_layout_1_entries(pin_root: &bpf::PinRoot, record: &Record) -> Result<()> {
+    let mut maps =
+        bpf::LegacyMaps::open(pin_root).map_err(|e| from_bpf("open layout-1 maps", e))?;
+    for ep in &record.endpoints {
+        maps.remove_endpoint_if_owner(ep.ip, &ep.to_bpf())
+            .map_err(|e| from_bpf("remove endpoint", e))?;
+    }
+    if let Some(cookie) = record.netns_cookie {
+        maps.remove_managed(cookie)
+            .map_err(|e| from_bpf("unenrol", e))?;
+    }
+    Ok(())
+}
+
 /// What CHECK compares: the program is still attached and every entry is still ours.
-pub fn verify(pin_root: &bpf::PinRoot, record: &Record) -> Result<Vec<String>> {
+pub fn verify(configured: &bpf::PinRoot, record: &Record) -> Result<Vec<String>> {
+    let pin_root = record.pin_root(configured);
     let mut problems = Vec::new();
     if record.state != State::Attached {
         problems.push("attachment never completed".to_string());
@@ -136,30 +177,71 @@ pub fn verify(pin_root: &bpf::PinRoot, record: &Record) -> Result<Vec<String>> {
     }
     match &record.attachment {
         Some(att)
-            if bpf::is_attached(pin_root, att).map_err(|e| from_bpf("query attachment", e))? => {}
+            if bpf::is_attached(&pin_root, att).map_err(|e| from_bpf("query attachment", e))? => {}
         _ => problems.push(format!("program not attached to {}", record.host_veth)),
     }
-    let maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
-    for ep in &record.endpoints {
+    let (found, enrolled) = if record.is_layout_1() {
+        let maps =
+            bpf::LegacyMaps::open(&pin_root).map_err(|e| from_bpf("open layout-1 maps", e))?;
+        let mut found = Vec::new();
+        for ep in &record.endpoints {
+            found.push((
+                ep,
+                maps.endpoint(ep.ip)
+                    .map_err(|e| from_bpf("read endpoint", e))?,
+            ));
+        }
+        let enrolled = match record.netns_cookie {
+            Some(cookie) => Some(
+                maps.managed(cookie)
+                    .map_err(|e| from_bpf("read managed", e))?
+                    .is_some(),
+            ),
+            None => None,
+        };
+        (found, enrolled)
+    } else {
+        let maps = bpf::Maps::open_or_create(&pin_root).map_err(|e| from_bpf("open maps", e))?;
+        let mut found = Vec::new();
+        for ep in &record.endpoints {
+            let got = maps
+                .endpoints
+                .get(record.network_id, ep.ip)
+                .map_err(|e| from_bpf("read endpoint", e))?;
+            found.push((ep, got));
+        }
         match maps
-            .endpoints
-            .get(ep.ip)
-            .map_err(|e| from_bpf("read endpoint", e))?
+            .devices
+            .get(record.host_ifindex)
+            .map_err(|e| from_bpf("read device", e))?
         {
+            Some(d) if d == record.device() => {}
+            Some(_) => problems.push(format!(
+                "device entry of {} now belongs to another pod",
+                record.host_veth
+            )),
+            None => problems.push(format!("device entry of {} missing", record.host_veth)),
+        }
+        let enrolled = match record.netns_cookie {
+            Some(cookie) => Some(
+                maps.managed
+                    .get(cookie)
+                    .map_err(|e| from_bpf("read managed", e))?
+                    .is_some(),
+            ),
+            None => None,
+        };
+        (found, enrolled)
+    };
+    for (ep, got) in found {
+        match got {
             Some(v) if v == ep.to_bpf() => {}
             Some(_) => problems.push(format!("endpoint {} now belongs to another pod", ep.ip)),
             None => problems.push(format!("endpoint {} missing", ep.ip)),
         }
     }
-    if let Some(cookie) = record.netns_cookie {
-        if maps
-            .managed
-            .get(cookie)
-            .map_err(|e| from_bpf("read managed", e))?
-            .is_none()
-        {
-            problems.push("mesh enrolment missing".to_string());
-        }
+    if enrolled == Some(false) {
+        problems.push("mesh enrolment missing".to_string());
     }
     Ok(problems)
 }

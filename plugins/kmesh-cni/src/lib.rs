@@ -9,11 +9,10 @@ pub mod features;
 pub mod pod;
 pub mod record;
 
-use conf::{code, CniResult, Error, Plugin, Request, Result};
+use conf::{code, AttachmentKey, CniResult, Error, Plugin, Request, Result};
 use config::{FailurePolicy, KmeshConf};
-use host::{RecordKey, RecordStore};
+use host::RecordStore;
 use record::Record;
-use std::collections::HashSet;
 
 pub const PLUGIN_NAME: &str = "kmesh-cni";
 
@@ -49,8 +48,9 @@ fn prev_result(req: &Request) -> Result<CniResult> {
     })
 }
 
-fn key(req: &Request) -> Result<RecordKey> {
-    Ok(RecordKey::new(&req.env.container_id, &req.env.ifname)?)
+/// The attachment this request is about: records and map entries are scoped to its network.
+fn key(req: &Request) -> Result<AttachmentKey> {
+    req.attachment()
 }
 
 impl KmeshCni {
@@ -82,9 +82,10 @@ impl KmeshCni {
         };
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
-        // A retried ADD replaces what the previous try left.
-        if let Some(old) = ctx.store.read::<Record>(&key)? {
-            fastpath::detach(&ctx.store, &key, &ctx.pin_root, &old)?;
+        // A retried ADD replaces what the previous try (or a release before network scoping)
+        // left.
+        if let Some((old_key, old)) = ctx.store.find::<Record>(&key)? {
+            fastpath::detach(&ctx.store, &old_key, &ctx.pin_root, &old)?;
         }
         fastpath::attach(&ctx.store, &key, &ctx.pin_root, mode, &pod, cookie)?;
         Ok(())
@@ -112,8 +113,8 @@ impl Plugin for KmeshCni {
         let ctx = Context::new(req)?;
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
-        match ctx.store.read::<Record>(&key)? {
-            Some(record) => fastpath::detach(&ctx.store, &key, &ctx.pin_root, &record),
+        match ctx.store.find::<Record>(&key)? {
+            Some((stored, record)) => fastpath::detach(&ctx.store, &stored, &ctx.pin_root, &record),
             None => Ok(()),
         }
     }
@@ -122,7 +123,7 @@ impl Plugin for KmeshCni {
         let prev = prev_result(req)?;
         let ctx = Context::new(req)?;
         let policy = ctx.conf.pod_policy(req)?;
-        let record = ctx.store.read::<Record>(&key(req)?)?;
+        let record = ctx.store.find::<Record>(&key(req)?)?.map(|(_, r)| r);
         let wanted = policy.fast_path && pod::discover(req, &prev)?.is_ok();
         let record = match (record, wanted) {
             (None, false) => return Ok(()),
@@ -135,7 +136,8 @@ impl Plugin for KmeshCni {
             (Some(r), _) => r,
         };
         let mut problems = fastpath::verify(&ctx.pin_root, &record)?;
-        let recorded: HashSet<_> = record.endpoints.iter().map(|e| e.ip).collect();
+        let recorded: std::collections::HashSet<_> =
+            record.endpoints.iter().map(|e| e.ip).collect();
         if let Some(ips) = pod::pod_ips(&prev, &req.env.ifname) {
             for ip in ips.into_iter().filter(|ip| !recorded.contains(ip)) {
                 problems.push(format!("prevResult address {ip} has no endpoint entry"));
@@ -154,33 +156,58 @@ impl Plugin for KmeshCni {
         }
     }
 
-    /// Removes the attachments of containers the runtime no longer knows, and those whose host
-    /// veth vanished (the pod's netns was torn down without a DEL). Keeps going past errors.
+    /// Removes this network's attachments that the runtime no longer lists, and those whose
+    /// host veth vanished (the pod's netns was torn down without a DEL). Never touches another
+    /// network's records. Legacy records (no network) are adopted when the list names their
+    /// interface, removed when their veth vanished, and otherwise left for their own network.
+    /// Keeps going past errors.
     fn gc(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
-        let valid: HashSet<(String, String)> = req
-            .conf
-            .valid_attachments()?
-            .into_iter()
-            .map(|a| (a.container_id, a.ifname))
-            .collect();
+        let network = &req.conf.name;
+        let valid = req.conf.valid_attachment_keys()?;
         let _lock = ctx.store.lock()?;
         let mut failures = Vec::new();
-        for key in ctx.store.keys()? {
+        let mut fail = |key: &AttachmentKey, e: Error| failures.push(format!("{key}: {e}"));
+        for key in ctx.store.keys(network)? {
             let record = match ctx.store.read::<Record>(&key) {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
-                    failures.push(format!("{}:{}: {e}", key.container_id(), key.ifname()));
+                    fail(&key, e.into());
                     continue;
                 }
             };
-            let listed = valid.contains(&(key.container_id().to_owned(), key.ifname().to_owned()));
-            if listed && veth_still_there(&record) {
+            if valid.contains(&key) && veth_still_there(&record) {
                 continue;
             }
             if let Err(e) = fastpath::detach(&ctx.store, &key, &ctx.pin_root, &record) {
-                failures.push(format!("{}:{}: {e}", key.container_id(), key.ifname()));
+                fail(&key, e);
+            }
+        }
+        for old in ctx.store.legacy_keys()? {
+            let record = match ctx.store.read::<Record>(&old) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    fail(&old, e.into());
+                    continue;
+                }
+            };
+            let outcome = if !veth_still_there(&record) {
+                fastpath::detach(&ctx.store, &old, &ctx.pin_root, &record)
+            } else if let Some(listed) = valid.iter().find(|k| k.same_interface(&old)) {
+                adopt(&ctx.store, &old, listed, record)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = outcome {
+                fail(&old, e);
+            }
+        }
+        if failures.is_empty() && ctx.store.legacy_keys()?.is_empty() {
+            // No pod uses the layout-1 maps any more (the last legacy record is gone).
+            if let Err(e) = bpf::legacy::remove_if_unused(&ctx.pin_root) {
+                tracing::warn!(error = %e, "could not remove the unused layout-1 pins");
             }
         }
         if failures.is_empty() {
@@ -204,6 +231,21 @@ impl Plugin for KmeshCni {
         }
         Ok(())
     }
+}
+
+/// Moves a legacy record into the network whose GC listed its interface: from then on it is that
+/// network's (its entries stay where they are; the record still says which layout they are in).
+fn adopt(
+    store: &RecordStore,
+    old: &AttachmentKey,
+    listed: &AttachmentKey,
+    mut record: Record,
+) -> Result<()> {
+    record.network = listed.network().map(str::to_owned);
+    store.write(listed, &record)?;
+    store.remove(old)?;
+    tracing::info!(%old, network = ?listed.network(), "adopted a record of an earlier release");
+    Ok(())
 }
 
 /// The record's host veth still exists under the same name and index.
