@@ -135,6 +135,13 @@ impl Cnitool {
         }
     }
 
+    /// Use the plugins in `cni_path` from now on (an in-place upgrade of the binaries: the
+    /// configs and libcni's result cache stay).
+    pub fn set_cni_path(&mut self, cni_path: &CniPath) -> &mut Self {
+        self.cni_path = cni_path.path_str().to_owned();
+        self
+    }
+
     /// Set an extra variable for every call: CNI_IFNAME, CNI_ARGS, CAP_ARGS, CNI_CONTAINERID.
     pub fn set_env(&mut self, key: &str, value: &str) -> &mut Self {
         self.env.insert(key.to_owned(), value.to_owned());

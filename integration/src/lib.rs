@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod netns;
 pub mod plugins;
 pub mod prereq;
+pub mod previous;
 pub mod proc;
 
 pub use prereq::require_root;

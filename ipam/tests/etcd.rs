@@ -550,3 +550,122 @@ fn unreachable_etcd_is_code_11_and_status_50() {
     };
     status.env("NODENAME", "n").ipam(&c).err(50);
 }
+
+/// Issue 8, defect 3: blocks claimed with `node_slice_size` /28, then the config changed to
+/// /26. Node B used to read node A's /28 key as a /26 "orphan" of its own, hand out an address
+/// A held, and then fail every ADD on a corrupt block list while STATUS said 0. Now every key
+/// read back is checked: the conflicting config is refused with code 7 naming the keys and the
+/// way out, STATUS says 50, and nothing is handed out twice.
+#[test]
+fn a_changed_node_slice_size_is_refused_not_served() {
+    if !prerequisites() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let dir = state_dir();
+    let eps = cluster.endpoints();
+    let (net, range) = ("resized", "10.231.101.0/24");
+    let c28 = small_conf(&eps, net, range, 28, dir.path());
+    let mut handed: Vec<String> = Vec::new();
+    handed.extend(result_ips(&add_on(0, "a1", &c28).ok().json()));
+    for i in 0..16 {
+        handed.extend(result_ips(&add_on(1, &format!("b{i}"), &c28).ok().json()));
+    }
+    assert_eq!(handed[0], "10.231.101.2");
+    let c26 = small_conf(&eps, net, range, 26, dir.path());
+    // Nodes holding blocks of the old size refuse, full (B) or with room left (A).
+    let msg = add_on(1, "b16", &c26).err(7);
+    assert!(
+        msg.contains("10.231.101.16/28") && msg.contains("node_slice_size"),
+        "code 7 must name the blocks and the way out: {msg}"
+    );
+    let msg = add_on(0, "a2", &c26).err(7);
+    assert!(msg.contains("10.231.101.0/28"), "{msg}");
+    // A new node reads what etcd holds: both keys conflict with /26.
+    let msg = add_on(2, "c1", &c26).err(7);
+    assert!(
+        msg.contains("/weft-test/resized/blocks/4-0ae76500")
+            && msg.contains("/weft-test/resized/blocks/4-0ae76510")
+            && msg.contains("node_slice_size"),
+        "code 7 must name the conflicting keys and the way out: {msg}"
+    );
+    let status = |node: usize, c: &Value| {
+        Call {
+            container_id: String::new(),
+            netns: None,
+            ..Call::new("STATUS", "")
+        }
+        .env("NODENAME", &format!("node{node}"))
+        .ipam(c)
+    };
+    status(1, &c26).err(50);
+    status(2, &c26).err(50);
+    // Back to /28: everything works again; no address was handed out twice.
+    handed.extend(result_ips(&add_on(2, "c1", &c28).ok().json()));
+    status(1, &c28).ok();
+    let unique: HashSet<&String> = handed.iter().collect();
+    assert_eq!(unique.len(), handed.len(), "duplicate address: {handed:?}");
+}
+
+/// Issue 8, defect 3: foreign data under the prefix made a node hand out an address another node
+/// held (a key for a misaligned "block"), and a key for an overlapping /27 was ignored when
+/// claiming. Each is a conflict now (code 7, STATUS 50) until removed; a well-formed key of
+/// another node is stepped around.
+#[test]
+fn foreign_or_overlapping_block_keys_are_conflicts_not_free_space() {
+    if !prerequisites() {
+        return;
+    }
+    let cluster = Cluster::start();
+    let dir = state_dir();
+    let eps = cluster.endpoints();
+    let (net, range) = ("foreign", "10.231.100.0/24");
+    let c = small_conf(&eps, net, range, 26, dir.path());
+    let put = |k: &str, v: &str| {
+        let out = cluster
+            .0
+            .etcdctl(&["put", &format!("/weft-test/{net}/blocks/{k}"), v])
+            .unwrap();
+        assert!(out.status.success(), "etcdctl put: {out:?}");
+    };
+    let del = |k: &str| {
+        let out = cluster
+            .0
+            .etcdctl(&["del", &format!("/weft-test/{net}/blocks/{k}")])
+            .unwrap();
+        assert!(out.status.success(), "etcdctl del: {out:?}");
+    };
+    let status = || {
+        Call {
+            container_id: String::new(),
+            netns: None,
+            ..Call::new("STATUS", "")
+        }
+        .env("NODENAME", "node0")
+        .ipam(&c)
+    };
+    // A bare "othernode" at 10.231.100.17: not the start of any /26.
+    put("4-0ae76411", "othernode");
+    let msg = add_on(0, "x1", &c).err(7);
+    assert!(msg.contains("4-0ae76411"), "{msg}");
+    status().err(50);
+    del("4-0ae76411");
+    // A /27 at .224 (this config's /26 at .192 would contain it).
+    put("4-0ae764e0", r#"{"node":"othernode","prefix":27}"#);
+    let msg = add_on(0, "x1", &c).err(7);
+    assert!(msg.contains("4-0ae764e0") && msg.contains("/27"), "{msg}");
+    del("4-0ae764e0");
+    // A /25 at .128, aligned to /26 too: its size gives it away.
+    put("4-0ae76480", r#"{"node":"othernode","prefix":25}"#);
+    add_on(0, "x1", &c).err(7);
+    del("4-0ae76480");
+    // Not a block key at all, but listed among them.
+    put("4-0ae764c1junk", "junk");
+    add_on(0, "x1", &c).err(7);
+    del("4-0ae764c1junk");
+    // A well-formed /26 of another node at .0: stepped around, not a conflict.
+    put("4-0ae76400", "othernode");
+    status().ok();
+    let ip = result_ips(&add_on(0, "x1", &c).ok().json()).remove(0);
+    assert_eq!(ip, "10.231.100.64", "the first free /26 is .64/26");
+}

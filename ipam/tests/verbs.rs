@@ -236,3 +236,52 @@ fn status_and_gc() {
     bad["ipam"]["store"]["dir"] = json!(file.join("sub"));
     status.ipam(&bad).err(50);
 }
+
+/// Issue 8, defect 2: networks `ga` and `gb` share one pool through `network_name`. GC of `ga`
+/// freed `gb`'s reservations (they were not on `ga`'s list), and the next ADD on `ga` got an
+/// address `gb1` still used. GC frees only its own network's reservations.
+#[test]
+fn gc_of_one_network_never_frees_another_networks_addresses_in_a_shared_pool() {
+    let tmp = state_dir();
+    let net = |name: &str| {
+        let mut c = conf(
+            "1.1.0",
+            tmp.path(),
+            json!({"range": "10.231.85.0/24", "network_name": "shared"}),
+        );
+        c["name"] = json!(name);
+        c
+    };
+    let (ga, gb) = (net("ga"), net("gb"));
+    let ip = |out: Out| result_ips(&out.ok().json()).remove(0);
+    assert_eq!(ip(Call::new("ADD", "ga1").ipam(&ga)), "10.231.85.2");
+    assert_eq!(ip(Call::new("ADD", "gb1").ipam(&gb)), "10.231.85.3");
+    let mut gc = ga.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "ga1", "ifname": "eth0"}]);
+    Call {
+        container_id: String::new(),
+        netns: None,
+        ..Call::new("GC", "")
+    }
+    .ipam(&gc)
+    .ok();
+    assert_eq!(
+        pool_len(tmp.path(), "shared"),
+        2,
+        "GC of ga freed gb's address"
+    );
+    assert_eq!(
+        ip(Call::new("ADD", "ga2").ipam(&ga)),
+        "10.231.85.4",
+        "an address gb1 holds was handed out again"
+    );
+    let mut check = gb.clone();
+    check["prevResult"] = json!({"cniVersion": "1.1.0",
+        "ips": [{"address": "10.231.85.3/24", "gateway": "10.231.85.1"}]});
+    Call::new("CHECK", "gb1").ipam(&check).ok();
+    // DEL through ga of a container attached through gb frees nothing of gb's.
+    Call::new("DEL", "gb1").ipam(&ga).ok();
+    assert_eq!(pool_len(tmp.path(), "shared"), 3);
+    Call::new("DEL", "gb1").ipam(&gb).ok();
+    assert_eq!(pool_len(tmp.path(), "shared"), 2);
+}

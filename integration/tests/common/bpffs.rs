@@ -163,8 +163,18 @@ impl Isolation {
     /// The `counters` map summed over all CPUs: field name -> total (all zero before the map
     /// exists). Needs the map's BTF (bpftool's "formatted" view), which our object carries.
     pub fn counters(&self) -> Counters {
+        self.counters_in("counters")
+    }
+
+    /// The counters of the pods a release before network scoping attached (its maps are moved
+    /// to `<root>/legacy-v1/` by the first exec of a newer release).
+    pub fn legacy_counters(&self) -> Counters {
+        self.counters_in("legacy-v1/counters")
+    }
+
+    fn counters_in(&self, pin: &str) -> Counters {
         let mut sum = Counters::default();
-        for entry in self.dump("counters") {
+        for entry in self.dump(pin) {
             let per_cpu = entry
                 .pointer("/formatted/values")
                 .and_then(Value::as_array)
@@ -201,7 +211,8 @@ impl Isolation {
                     other => panic!("endpoint key family {other:?}: {e}"),
                 };
                 EndpointEntry {
-                    network: f["key"]["network"].as_u64().expect("key.network"),
+                    // 0: a layout-1 key (releases before network scoping had none).
+                    network: f["key"]["network"].as_u64().unwrap_or(0),
                     ip,
                     ifindex: f["value"]["ifindex"].as_u64().expect("ifindex") as u32,
                     flags: f["value"]["flags"].as_u64().expect("flags") as u32,

@@ -101,20 +101,25 @@ while (my $c = $s->accept) { print $c "$ARGV[2]\n"; close $c; }
 impl Listener {
     /// Starts listening on `addr:port` in `ns`; returns once the socket is bound and listening.
     pub fn start(ns: &TestNetns, addr: IpAddr, port: u16) -> Self {
-        Self::spawn(ns, addr, port, LISTENER_PL)
+        Self::spawn(ns, addr, port, LISTENER_PL, PONG)
     }
 
     /// [`Listener::start`] for an address of either family (IPv6 included).
     pub fn start_any(ns: &TestNetns, addr: IpAddr, port: u16) -> Self {
-        Self::spawn(ns, addr, port, LISTENER_IP_PL)
+        Self::spawn(ns, addr, port, LISTENER_IP_PL, PONG)
     }
 
-    fn spawn(ns: &TestNetns, addr: IpAddr, port: u16, script: &str) -> Self {
+    /// [`Listener::start`] answering `reply` instead of [`PONG`] (tells pods apart).
+    pub fn start_replying(ns: &TestNetns, addr: IpAddr, port: u16, reply: &str) -> Self {
+        Self::spawn(ns, addr, port, LISTENER_PL, reply)
+    }
+
+    fn spawn(ns: &TestNetns, addr: IpAddr, port: u16, script: &str, reply: &str) -> Self {
         let mut child = ns
             .command(&["perl", "-e", script])
             .arg(addr.to_string())
             .arg(port.to_string())
-            .arg(PONG)
+            .arg(reply)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -278,10 +278,12 @@ impl EtcdStore {
         format!("{}/blocks/{}", self.base, key_hex(start))
     }
 
-    /// Every block key that can overlap `r`, as a key range `[from, to)`.
+    /// Every key that can stand for a block overlapping `r` (its own size or smaller) as a key
+    /// range `[from, to)`: from the first block's start to the last block's last address.
     fn block_keys(&self, r: &Range) -> (String, Vec<u8>) {
         let from = self.block_key(r.block_of(r.start).start);
-        let to = key_after(&self.block_key(r.block_of(r.end).start));
+        let (_, last) = r.block_of(r.end).span();
+        let to = key_after(&self.block_key(from_u128(r.family(), last)));
         (from, to)
     }
 
@@ -752,4 +754,68 @@ fn spread(seed: &mut u64, window: usize) -> usize {
     *seed ^= *seed >> 7;
     *seed ^= *seed << 17;
     (*seed % window as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::range_sliced;
+
+    fn raw(key: &str, value: &str) -> RawKey {
+        (format!("/p/n/blocks/{key}"), value.as_bytes().to_vec(), 1)
+    }
+
+    #[test]
+    fn listings_of_the_configured_size_are_served_everything_else_conflicts() {
+        let r = range_sliced("10.0.0.0/24", Some(26));
+        let ok = check_listing(
+            &r,
+            &[
+                raw("4-0a000000", "n1"),
+                raw("4-0a000040", r#"{"node":"n2","prefix":26}"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[&"10.0.0.0".parse::<IpAddr>().unwrap()].node, "n1");
+        for (key, value, why) in [
+            ("4-0a000011", "n1", "not aligned"),
+            ("4-0a0000e0", r#"{"node":"n1","prefix":27}"#, "/27"),
+            ("4-0a000080", r#"{"node":"n1","prefix":25}"#, "/25"),
+            ("4-0a0000c1junk", "n1", "not a block key"),
+            ("4-0a0000c0", "../etc", "does not name a node"),
+            ("4-0a0000c0", "{not json", "value"),
+            ("6-fd000000000000000000000000000000", "n1", "family"),
+        ] {
+            let err = check_listing(&r, &[raw("4-0a000000", "n1"), raw(key, value)]).unwrap_err();
+            assert_eq!(err.len(), 1, "{key}: {err:?}");
+            assert!(err[0].contains(why), "{key}: {err:?} lacks {why:?}");
+        }
+    }
+
+    #[test]
+    fn holder_values_round_trip_and_read_the_previous_format() {
+        let h = Holder {
+            node: "n1".into(),
+            prefix: 26,
+        };
+        assert_eq!(Holder::decode(h.encode().as_bytes(), 28).unwrap(), h);
+        let legacy = Holder::decode(b"n1", 26).unwrap();
+        assert_eq!(legacy, h, "a bare name is a block of the configured size");
+    }
+
+    #[test]
+    fn local_blocks_of_another_size_are_refused() {
+        let r = range_sliced("10.0.0.0/24", Some(26));
+        let claims = [Claim {
+            range: &r,
+            want: None,
+        }];
+        let ok: BTreeSet<Block> = ["10.0.0.64/26".parse().unwrap()].into();
+        assert!(check_local_blocks(&ok, &claims).is_ok());
+        let old: BTreeSet<Block> = ["10.0.0.16/28".parse().unwrap()].into();
+        let e = check_local_blocks(&old, &claims).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("10.0.0.16/28"), "{}", e.msg);
+    }
 }

@@ -214,6 +214,28 @@ impl RecordStore {
         list_keys(&self.dir.join(network), Some(network))
     }
 
+    /// The keys of every record of every network, legacy ones included, sorted (for node-wide
+    /// questions such as "does any record still use X"; GC of a network uses [`Self::keys`]).
+    pub fn all_keys(&self) -> Result<Vec<AttachmentKey>, HostError> {
+        let mut keys = self.legacy_keys()?;
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(keys),
+            Err(e) => return Err(HostError::io(format!("list {}", self.dir.display()), e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(network) = name.to_str() else {
+                continue;
+            };
+            if entry.path().is_dir() && conf::env::validate_network_name(network).is_ok() {
+                keys.extend(list_keys(&entry.path(), Some(network))?);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// The keys of legacy records (written before records named their network), sorted.
     pub fn legacy_keys(&self) -> Result<Vec<AttachmentKey>, HostError> {
         list_keys(&self.dir, None)
@@ -532,6 +554,7 @@ mod tests {
         let wanted = AttachmentKey::new("net2", "c9", "net3").unwrap();
         assert_eq!(s.find::<u8>(&wanted).unwrap(), Some((old.clone(), 7)));
         assert!(s.keys("net2").unwrap().is_empty());
+        assert_eq!(s.all_keys().unwrap(), vec![old.clone(), a1.clone()]);
         assert!(s.remove(&old).unwrap());
         assert_eq!(s.find::<u8>(&wanted).unwrap(), None);
         assert!(s.keys("../x").is_err());

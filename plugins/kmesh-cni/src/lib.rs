@@ -204,8 +204,8 @@ impl Plugin for KmeshCni {
                 fail(&old, e);
             }
         }
-        if failures.is_empty() && ctx.store.legacy_keys()?.is_empty() {
-            // No pod uses the layout-1 maps any more (the last legacy record is gone).
+        if failures.is_empty() && !any_layout_1_record(&ctx.store)? {
+            // No pod uses the layout-1 maps any more (the last record of that release is gone).
             if let Err(e) = bpf::legacy::remove_if_unused(&ctx.pin_root) {
                 tracing::warn!(error = %e, "could not remove the unused layout-1 pins");
             }
@@ -246,6 +246,19 @@ fn adopt(
     store.remove(old)?;
     tracing::info!(%old, network = ?listed.network(), "adopted a record of an earlier release");
     Ok(())
+}
+
+/// Whether any record on the node (any network, adopted or not) still has its entries in the
+/// layout-1 maps. An unreadable record counts as one: its maps must not go.
+fn any_layout_1_record(store: &RecordStore) -> Result<bool> {
+    for key in store.all_keys()? {
+        match store.read::<Record>(&key) {
+            Ok(Some(r)) if !r.is_layout_1() => {}
+            Ok(None) => {}
+            _ => return Ok(true),
+        }
+    }
+    Ok(false)
 }
 
 /// The record's host veth still exists under the same name and index.
