@@ -9,7 +9,7 @@
 //!
 //! Interface names and indexes are resolved in the calling thread's network namespace.
 
-use std::{ffi::CString, fs, io};
+use std::{fs, io};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
@@ -101,8 +101,8 @@ impl Maps {
             Mode::Tc => {
                 match tc::qdisc_add_clsact(ifname) {
                     Ok(()) => {}
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    }
+                    Err(tc::TcError::NetlinkError(e))
+                        if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
                     Err(e) => {
                         return Err(Error::program(
                             format!("add clsact qdisc to {ifname}"),
@@ -120,7 +120,7 @@ impl Maps {
                 let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, opts()) {
                     Ok(id) => id,
                     // Our filter is already there (retry): replace its program in place.
-                    Err(e) if program_errno(&e) == Some(libc::EEXIST) => {
+                    Err(e) if program_errno(&e) == Some(nix::libc::EEXIST) => {
                         let existing = SchedClassifierLink::attached(
                             ifname,
                             TcAttachType::Ingress,
@@ -185,10 +185,16 @@ pub fn detach_key(root: &PinRoot, key: &str, ifname: Option<&str>) -> Result<()>
     Ok(())
 }
 
-/// Is the attachment still in place? (For CHECK.) For tcx: the link pin exists and the
-/// interface's tcx ingress chain runs the attachment's program. For tc: weft's filter
-/// exists on the interface.
-pub fn is_attached(root: &PinRoot, att: &Attachment) -> Result<bool> {
+/// Is the attachment still in place? (For CHECK.) The interface must still be the one
+/// attached to. For tcx: the link pin exists and the interface's tcx ingress chain runs the
+/// attachment's program. For tc: weft's filter ([`TC_PRIORITY`], [`TC_HANDLE`]) exists on the
+/// interface's clsact ingress, which `tc_filter_exists(ifindex, priority, handle)` answers
+/// (aya cannot list tc filters; the caller has netlink).
+pub fn is_attached(
+    root: &PinRoot,
+    att: &Attachment,
+    tc_filter_exists: impl FnOnce(u32, u16, u32) -> io::Result<bool>,
+) -> Result<bool> {
     match ifindex(&att.ifname) {
         Ok(idx) if idx == att.ifindex => {}
         _ => return Ok(false),
@@ -203,18 +209,8 @@ pub fn is_attached(root: &PinRoot, att: &Attachment) -> Result<bool> {
                     .map_err(|e| Error::program(format!("query tcx on {}", att.ifname), e))?;
             Ok(progs.iter().any(|p| p.id() == att.prog_id))
         }
-        Mode::Tc => host::link::tc_ingress_filter_exists(
-            None,
-            att.ifindex,
-            TC_PRIORITY,
-            u32::from(TC_HANDLE),
-        )
-        .map_err(|e| {
-            Error::io(
-                format!("query tc filters on {}", att.ifname),
-                std::io::Error::other(e),
-            )
-        }),
+        Mode::Tc => tc_filter_exists(att.ifindex, TC_PRIORITY, u32::from(TC_HANDLE))
+            .map_err(|e| Error::io(format!("query tc filters on {}", att.ifname), e)),
     }
 }
 
@@ -229,7 +225,7 @@ fn remove_tcx_link(root: &PinRoot, key: &str) -> Result<()> {
             Ok(())
         }
         Err(aya::programs::links::LinkError::SyscallError(s))
-            if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            if s.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
         {
             Ok(())
         }
@@ -268,7 +264,7 @@ fn remove_tc_filter(ifname: &str, ifindex_expected: u32) -> Result<()> {
         Err(e)
             if matches!(
                 program_errno(&e),
-                Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::ENODEV)
+                Some(nix::libc::ENOENT) | Some(nix::libc::EINVAL) | Some(nix::libc::ENODEV)
             ) =>
         {
             Ok(())
@@ -279,15 +275,8 @@ fn remove_tc_filter(ifname: &str, ifindex_expected: u32) -> Result<()> {
 
 /// if_nametoindex in the calling thread's netns.
 pub(crate) fn ifindex(ifname: &str) -> Result<u32> {
-    let err = |source| Error::Interface {
+    nix::net::if_::if_nametoindex(ifname).map_err(|e| Error::Interface {
         name: ifname.to_owned(),
-        source,
-    };
-    let c = CString::new(ifname).map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    Ok(idx)
+        source: e.into(),
+    })
 }

@@ -5,14 +5,18 @@
 //! interface with `bpf_redirect_peer()`. This crate builds the program (build.rs, clang),
 //! mirrors its map layouts (`include/weft.h` is the single source of truth), probes the
 //! kernel, loads and pins the maps and program once per node, and attaches/detaches the
-//! program per pod (tcx links, or legacy clsact + cls_bpf).
+//! program per pod (tcx links, or legacy clsact + cls_bpf). It stands on aya alone: what needs
+//! netlink or network namespaces (the tc filter query, the throwaway netns for the attach
+//! probes) is passed in by the plugin, which composes `bpf` and `host`.
 //!
 //! Typical use from a CNI ADD (each exec is a new process; everything lives in pins):
 //! ```no_run
 //! # fn f() -> bpf::Result<()> {
 //! let root = bpf::PinRoot::default();
 //! let mut maps = bpf::Maps::open_or_create(&root)?;
-//! let mode = if bpf::probe::features().tcx { bpf::Mode::Tcx } else { bpf::Mode::Tc };
+//! // The attach probes belong in a throwaway netns (the caller makes it; see kmesh-cni).
+//! let attach = None;
+//! let mode = bpf::probe::features(attach).mode().expect("kernel has the fast path");
 //! let net = bpf::network_id("pods");                  // the CNI network's name
 //! let owner = bpf::owner_token(&["pods", "c0ffee", "eth0"]);
 //! let att = maps.attach("veth1234", mode, "c0ffee-eth0")?;   // store `att` in the record

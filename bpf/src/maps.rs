@@ -150,7 +150,9 @@ impl Maps {
     fn open_pinned_program(&self, pin: &PathBuf) -> Result<Option<SchedClassifier>> {
         let prog = match SchedClassifier::from_pin(pin) {
             Ok(p) => p,
-            Err(e) if crate::error::program_errno(&e) == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if crate::error::program_errno(&e) == Some(nix::libc::ENOENT) => {
+                return Ok(None)
+            }
             Err(e) => return Err(Error::program(format!("open {}", pin.display()), e)),
         };
         let info = prog.info().map_err(|e| Error::program("program info", e))?;
@@ -288,7 +290,7 @@ fn check_pinned_layouts(root: &PinRoot) -> Result<()> {
 pub(crate) fn is_enoent(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(nix::libc::ENOENT),
         _ => false,
     }
 }

@@ -2,25 +2,26 @@
 //!
 //! Layout under the pin root (default `/sys/fs/bpf/weft`):
 //! ```text
-//! endpoints, counters, managed     maps, pinned by name (see include/weft.h)
+//! endpoints, devices, counters,    maps, pinned by name (see include/weft.h)
+//!   managed
 //! prog_redirect_<objhash>          the loaded redirect program (one per build)
 //! links/<key>                      one tcx link per attachment
+//! legacy-v1/                       the maps of map layout 1, while pods still use them
 //! ```
 //! Each CNI exec is a new process: everything that must survive it is one of these pins.
 
 use std::{
     fs::File,
-    io,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::{Error, Result};
 
 /// Where bpffs is expected to be mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// statfs(2) f_type of a BPF filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// The directory (on bpffs) that holds all of weft's pins. Tests use their own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,19 +75,21 @@ impl PinRoot {
     pub(crate) fn lock(&self) -> Result<RootLock> {
         let dir =
             File::open(&self.0).map_err(|e| Error::io(format!("open {}", self.0.display()), e))?;
-        // SAFETY: flock on a valid, owned fd.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(
-                format!("flock {}", self.0.display()),
-                io::Error::last_os_error(),
-            ));
+        let mut dir = dir;
+        loop {
+            match Flock::lock(dir, FlockArg::LockExclusive) {
+                Ok(locked) => return Ok(RootLock(locked)),
+                Err((d, Errno::EINTR)) => dir = d,
+                Err((_, e)) => {
+                    return Err(Error::io(format!("flock {}", self.0.display()), e.into()))
+                }
+            }
         }
-        Ok(RootLock(dir))
     }
 }
 
 /// Held lock on the pin root; unlocks when dropped (the fd closes).
-pub(crate) struct RootLock(#[allow(dead_code)] File);
+pub(crate) struct RootLock(#[allow(dead_code)] Flock<File>);
 
 /// Attachment keys become file names under `links/`: refuse anything that could
 /// escape the directory or collide with our own names.
@@ -114,18 +117,11 @@ pub fn validate_key(key: &str) -> Result<()> {
 
 /// Is `path` on a BPF filesystem?
 pub fn is_bpffs(path: &Path) -> Result<bool> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Bpffs(format!("{} contains a NUL byte", path.display())))?;
-    // SAFETY: statfs writes into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::NotFound {
-            return Ok(false);
-        }
-        return Err(Error::io(format!("statfs {}", path.display()), e));
+    match nix::sys::statfs::statfs(path) {
+        Ok(st) => Ok(st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(Error::io(format!("statfs {}", path.display()), e.into())),
     }
-    Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
 /// Mount bpffs at /sys/fs/bpf unless one is already there. Idempotent.

@@ -39,9 +39,17 @@ impl Features {
     }
 }
 
-/// Probe the running kernel. Never fails: a probe that cannot run reports `false`
-/// (the reason is logged at debug level). Needs CAP_SYS_ADMIN/CAP_BPF/CAP_NET_ADMIN.
-pub fn features() -> Features {
+/// The probes that attach a program for real (tcx, clsact + cls_bpf) to the loopback device of
+/// the calling thread's netns: run them in a namespace that exists only for the probe, so no
+/// interface anyone uses is touched (netns handling is the caller's: it lives in `host`).
+pub fn attach_probes() -> (bool, bool) {
+    (probe_tcx(), probe_clsact())
+}
+
+/// Probe the running kernel, given the results of [`attach_probes`] (`None`: they could not
+/// run, e.g. no throwaway netns). Never fails: a probe that cannot run reports `false` (the
+/// reason is logged at debug level). Needs CAP_SYS_ADMIN/CAP_BPF/CAP_NET_ADMIN.
+pub fn features(attach: Option<(bool, bool)>) -> Features {
     let redirect_peer = is_helper_supported(
         ProgramType::SchedClassifier,
         BpfHelper::BPF_FUNC_redirect_peer,
@@ -57,13 +65,7 @@ pub fn features() -> Features {
                     .any(|l| l.split_whitespace().last() == Some("bpf"))
             })
             .unwrap_or(false);
-    // Attach for real, to the loopback device of a namespace that exists only for the
-    // probe: no interface anyone uses is touched, and everything vanishes with the thread.
-    let (tcx, clsact) = host::netns::run_in_new_netns(|| (probe_tcx(), probe_clsact()))
-        .unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "cannot create a throwaway netns for probes");
-            (false, false)
-        });
+    let (tcx, clsact) = attach.unwrap_or((false, false));
     Features {
         tcx,
         clsact,

@@ -16,7 +16,9 @@ fn probes_find_the_kernel_features() {
     if !prerequisites("probes_find_the_kernel_features") {
         return;
     }
-    let f = probe::features();
+    // The attach probes attach for real: in a namespace that exists only for them.
+    let scratch = integration::fixtures::netns::TestNetns::new("wft-probe");
+    let f = probe::features(Some(scratch.run_in(probe::attach_probes)));
     eprintln!("features: {f:?}");
     // The test machines run kernel 6.18 (ENVIRONMENT.md): everything must be there.
     assert!(
@@ -111,7 +113,7 @@ fn maps_are_pinned_once_and_reused_by_later_processes() {
     assert_eq!(first.devices.list().unwrap(), vec![]);
 
     // Mesh enrolment by netns cookie.
-    let cookie = host::netns::current_netns_cookie().unwrap();
+    let cookie = integration::fixtures::netns::current_netns_cookie();
     assert_ne!(cookie, 0);
     let m = Managed {
         flags: bpf::MANAGED_F_ENROLLED,
@@ -363,7 +365,7 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
 
     // 2. Fast path: attach on both host veths (twice for A: a retried ADD), fill endpoints.
     let mut maps = Maps::open_or_create(&pins.root).unwrap();
-    let (att_a, att_b) = t.node.in_ns(|| {
+    let (att_a, att_b) = t.node.run_in(|| {
         let first = maps.attach(&t.a.host_if, mode, "pod-a").unwrap();
         let again = maps.attach(&t.a.host_if, mode, "pod-a").unwrap();
         assert_eq!(first, again);
@@ -374,10 +376,10 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
         att_a.prog_id, att_b.prog_id,
         "one pinned program shared by all pods"
     );
-    t.node.in_ns(|| {
+    t.node.run_in(|| {
         for att in [&att_a, &att_b] {
             assert!(
-                bpf::is_attached(&pins.root, att).unwrap(),
+                bpf::is_attached(&pins.root, att, tc_filter_on(&att.ifname)).unwrap(),
                 "{att:?} not attached"
             );
         }
@@ -475,10 +477,10 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
     assert!(cd.pass_no_device - cc.pass_no_device >= udp);
 
     // 4. Detach: counters stop, traffic keeps flowing via the normal path.
-    t.node.in_ns(|| {
+    t.node.run_in(|| {
         for att in [&att_a, &att_b] {
             bpf::detach(&pins.root, att).unwrap();
-            assert!(!bpf::is_attached(&pins.root, att).unwrap());
+            assert!(!bpf::is_attached(&pins.root, att, tc_filter_on(&att.ifname)).unwrap());
             bpf::detach(&pins.root, att).unwrap(); // already gone: still fine
         }
         if mode == Mode::Tcx {
@@ -503,10 +505,7 @@ fn fast_path(kind: Kind, mode: Mode, net: u8) {
         let out = t
             .node
             .exec(&["tc", "filter", "show", "dev", &t.a.host_if, "ingress"]);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
-            "tc filter left behind"
-        );
+        assert!(out.stdout.trim().is_empty(), "tc filter left behind");
     }
     let c4 = maps.counters().unwrap();
     traffic(&t);
@@ -523,17 +522,17 @@ fn detach_key_cleans_up_without_a_record() {
     let pins = TestPins::new(&id);
     let t = Topology::bridge(&id, 74);
     let mut maps = Maps::open_or_create(&pins.root).unwrap();
-    t.node.in_ns(|| {
+    t.node.run_in(|| {
         let tcx = maps.attach(&t.a.host_if, Mode::Tcx, "k-a").unwrap();
         let tc = maps.attach(&t.b.host_if, Mode::Tc, "k-b").unwrap();
         // Switching modes under one key replaces the old attachment.
         let switched = maps.attach(&t.a.host_if, Mode::Tc, "k-a").unwrap();
-        assert!(!bpf::is_attached(&pins.root, &tcx).unwrap());
-        assert!(bpf::is_attached(&pins.root, &switched).unwrap());
+        assert!(!bpf::is_attached(&pins.root, &tcx, tc_filter_on(&tcx.ifname)).unwrap());
+        assert!(bpf::is_attached(&pins.root, &switched, tc_filter_on(&switched.ifname)).unwrap());
         bpf::detach_key(&pins.root, "k-a", Some(&t.a.host_if)).unwrap();
         bpf::detach_key(&pins.root, "k-b", Some(&t.b.host_if)).unwrap();
-        assert!(!bpf::is_attached(&pins.root, &switched).unwrap());
-        assert!(!bpf::is_attached(&pins.root, &tc).unwrap());
+        assert!(!bpf::is_attached(&pins.root, &switched, tc_filter_on(&switched.ifname)).unwrap());
+        assert!(!bpf::is_attached(&pins.root, &tc, tc_filter_on(&tc.ifname)).unwrap());
         // Nothing there at all, or an interface that does not exist: still fine.
         bpf::detach_key(&pins.root, "k-a", Some("nonexistent0")).unwrap();
         assert!(bpf::detach_key(&pins.root, "../escape", None).is_err());

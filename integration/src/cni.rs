@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::plugins::CniPath;
@@ -50,7 +50,8 @@ impl PluginEnv {
         self.vars.get(key).map(String::as_str)
     }
 
-    fn apply(&self, cmd: &mut Command) {
+    /// Puts exactly these variables (and a fixed PATH) into `cmd`'s environment.
+    pub fn apply(&self, cmd: &mut Command) {
         cmd.env_clear().env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -214,6 +215,27 @@ impl Cnitool {
         cmd.arg("version").arg(plugin_type);
         proc::run(&mut cmd, b"").expect("exec cnitool").0
     }
+}
+
+/// The reference `bridge` with host-local IPAM on `subnet` (data in `ipam_dir`): the main plugin
+/// the chains and benches start with; bridge creates the bridge device on first ADD.
+pub fn bridge_plugin(bridge: &str, subnet: &str, ipam_dir: &Path) -> Value {
+    json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": ipam_dir,
+            "ranges": [[{"subnet": subnet}]],
+        },
+    })
+}
+
+/// A 1.0.0 conflist (what Debian's libcni 1.1.2 and reference plugins speak).
+pub fn conflist(name: &str, plugins: &[Value]) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
 }
 
 /// Replace the value at each JSON pointer that exists with `"<masked>"`. Used to blank out the

@@ -7,7 +7,7 @@
 pub mod bench;
 pub mod cni;
 pub mod etcd;
-pub mod netns;
+pub mod fixtures;
 pub mod plugins;
 pub mod prereq;
 pub mod previous;

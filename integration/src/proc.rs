@@ -39,6 +39,27 @@ impl Output {
         )
     }
 
+    /// The exit code; -1 when a signal ended the process.
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// Panics with the full output unless the process exited 0.
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        self.assert_success("plugin")
+    }
+
+    /// Asserts a CNI error with `code` (JSON on stdout, non-zero exit, every field the spec
+    /// wants) and returns its message.
+    #[track_caller]
+    pub fn err(&self, code: u64) -> String {
+        if let Err(e) = crate::cni::check_cni_error(self, code, "plugin") {
+            panic!("{e}");
+        }
+        self.json()["msg"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// Panics with the full output unless the process exited 0.
     #[track_caller]
     pub fn assert_success(&self, what: &str) -> &Self {

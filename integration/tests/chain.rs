@@ -7,10 +7,10 @@ mod common;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::bpffs::Isolation;
-use common::pods::masked;
 use integration::cni::Cnitool;
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::pods::masked;
 use integration::plugins::CniPath;
 use integration::prereq::require_netns_env;
 use serde_json::json;

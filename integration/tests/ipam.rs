@@ -5,19 +5,13 @@
 //! with kmesh-cni chained after bridge: weft-ipam's addresses flow through the chain into
 //! kmesh-cni's endpoint map.
 
-// Only the pin root / state dir isolation and its readers: the rest of tests/common is for the
-// tests that exec kmesh-cni directly.
-#[allow(dead_code)]
-#[path = "common/bpffs.rs"]
-mod bpffs;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use bpffs::Isolation;
 use integration::cni::Cnitool;
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
 use integration::prereq::require_netns_env;
 use serde_json::{json, Value};

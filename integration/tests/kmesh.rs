@@ -5,21 +5,21 @@
 //! user would see (results identical to the main plugin alone, pods ping and TCP-connect, TTL as
 //! on the normal path) and what kmesh-cni must leave on the host (tcx link pins or the legacy
 //! tc filter, `endpoints`/`managed` entries and records, read back with bpftool), before and
-//! after DEL. Every test has its own pin root and WEFT_STATE_DIR (common::bpffs::Isolation).
+//! after DEL. Every test has its own pin root and WEFT_STATE_DIR (integration::fixtures::bpffs::Isolation).
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::bpffs::{Counters, Isolation};
 use common::kmesh_net::{
     direct_env, prerequisites, Added, Main, Net, Pod, VethPod, EP_F_ROUTED, MANAGED_F_ENROLLED,
 };
-use common::pods::{
+use integration::cni::exec_plugin;
+use integration::fixtures::bpffs::{Counters, Isolation};
+use integration::fixtures::pods::{
     host_ifindex, masked, netns_cookie, ping, tc_ingress_filters, tcp_exchange, Listener, Ping,
     PONG,
 };
-use integration::cni::exec_plugin;
 use integration::plugins::CniPath;
 use integration::proc::cmd;
 use serde_json::{json, Value};

@@ -3,21 +3,21 @@
 //!
 //! Same rules as kmesh.rs: real Debian bridge/ptp + host-local through the libcni cnitool (or a
 //! direct exec on a hand-made veth where a runtime cannot produce the case), each test on its own
-//! pin root and WEFT_STATE_DIR (common::bpffs::Isolation), everything read back with bpftool.
+//! pin root and WEFT_STATE_DIR (integration::fixtures::bpffs::Isolation), everything read back with bpftool.
 
 mod common;
 
 use std::net::IpAddr;
 
-use common::bpffs::{Counters, Isolation};
 use common::kmesh_net::{
     direct_env, prerequisites, Main, Net, Pod, VethPod, EP_F_ROUTED, MANAGED_F_ENROLLED,
 };
-use common::pods::{
+use integration::cni::{assert_cni_error, exec_plugin, PluginEnv};
+use integration::fixtures::bpffs::{Counters, Isolation};
+use integration::fixtures::pods::{
     host_ifindex, netns_cookie, netns_exec, ping, pod_ips_of, tc_ingress_filters, tc_programs,
     tcp_exchange, Listener, Ping, PONG,
 };
-use integration::cni::{assert_cni_error, exec_plugin, PluginEnv};
 use integration::plugins::CniPath;
 use integration::proc::Output;
 use serde_json::{json, Value};

@@ -9,11 +9,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use common::bpffs::Isolation;
 use common::kmesh_net::prerequisites;
-use common::pods::{netns_cookie, tcp_exchange, Listener};
 use integration::cni::{exec_plugin, Cnitool, PluginEnv};
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::pods::{netns_cookie, tcp_exchange, Listener};
 use integration::plugins::CniPath;
 use integration::proc::Output;
 use serde_json::{json, Value};

@@ -8,12 +8,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use common::bpffs::Isolation;
 use common::kmesh_net::prerequisites;
-use common::pods::{tcp_exchange, Listener};
 use integration::cni::{exec_plugin, Cnitool, PluginEnv};
 use integration::etcd::EtcdCluster;
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::pods::{tcp_exchange, Listener};
 use integration::plugins::CniPath;
 use integration::proc::Output;
 use serde_json::{json, Value};

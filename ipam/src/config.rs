@@ -29,11 +29,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Default store directory: `/var/lib/cni/weft-ipam`; `WEFT_STATE_DIR` replaces `/var/lib/cni`
-/// (tests and non-root runs), `store.dir` replaces the whole path.
-pub const DEFAULT_STATE_PARENT: &str = "/var/lib/cni";
-pub const STATE_DIR_ENV: &str = "WEFT_STATE_DIR";
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 struct RawRange {
@@ -314,13 +309,7 @@ fn local_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
             d.display()
         ))),
         Some(d) => Ok(d),
-        None => {
-            let parent = std::env::var_os(STATE_DIR_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PARENT));
-            Ok(parent.join("weft-ipam"))
-        }
+        None => Ok(host::fsio::state_dir().join("weft-ipam")),
     }
 }
 

@@ -57,13 +57,13 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
     for (i, v) in supported.iter().enumerate() {
         let n = 10 + i as u8;
         let br = unique("wbr");
-        let _br_guard = Link(br.clone());
+        let _br_guard = link_guard(&br);
         let conf = bridge_conf(v, &br, store.path(), n);
         let bridge = bridge_plugin();
-        let (ns1, ns2) = (Netns::new(), Netns::new());
+        let (ns1, ns2) = (Netns::new("wipam"), Netns::new("wipam"));
         let add = |ns: &Netns, id: &str| {
             Call::new("ADD", id)
-                .netns(Some(&ns.path()))
+                .netns(Some(ns.path_str()))
                 .run(bridge, &conf)
         };
         let r1 = add(&ns1, "c1").ok().json();
@@ -88,7 +88,7 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
                 assert!(
                     shown.contains(&format!("{ip}/")),
                     "{v}: {ip} not on eth0 in {}: {shown}",
-                    ns.name
+                    ns.name()
                 );
             }
         }
@@ -97,14 +97,14 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
                 let mut c = conf.clone();
                 c["prevResult"] = res.clone();
                 Call::new("CHECK", id)
-                    .netns(Some(&ns.path()))
+                    .netns(Some(ns.path_str()))
                     .run(bridge, &c)
                     .ok();
             }
         }
         for (ns, id) in [(&ns1, "c1"), (&ns2, "c2")] {
             Call::new("DEL", id)
-                .netns(Some(&ns.path()))
+                .netns(Some(ns.path_str()))
                 .run(bridge, &conf)
                 .ok();
         }
@@ -117,11 +117,11 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
             "{v}: DEL through bridge freed everything: {pool:?}"
         );
         // A freed address is handed out again (lowest free).
-        let ns3 = Netns::new();
+        let ns3 = Netns::new("wipam");
         let r3 = add(&ns3, "c3").ok().json();
         assert_eq!(result_ips(&r3)[0], format!("10.77.{n}.2"));
         Call::new("DEL", "c3")
-            .netns(Some(&ns3.path()))
+            .netns(Some(ns3.path_str()))
             .run(bridge, &conf)
             .ok();
     }

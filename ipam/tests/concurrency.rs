@@ -37,7 +37,7 @@ fn concurrent_256_adds_then_dels() {
     let mut seen: HashSet<String> = HashSet::new();
     let mut failed = Vec::new();
     for (i, o) in outs.iter().enumerate() {
-        if o.code == 0 {
+        if o.code() == 0 {
             for ip in result_ips(&o.json()) {
                 assert!(seen.insert(ip.clone()), "duplicate address {ip}");
             }
@@ -64,7 +64,7 @@ fn concurrent_256_adds_then_dels() {
         Call::new("DEL", &format!("c{i}")).netns(None).ipam(&c)
     });
     let del_time = t.elapsed();
-    assert!(dels.iter().all(|o| o.code == 0), "every DEL succeeds");
+    assert!(dels.iter().all(|o| o.code() == 0), "every DEL succeeds");
     assert!(
         store.list().unwrap().map.is_empty(),
         "store empty after 256 DELs"

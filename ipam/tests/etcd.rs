@@ -142,9 +142,12 @@ fn assert_unique(outcomes: &[Outcome]) -> HashMap<IpAddr, usize> {
     let mut seen: HashMap<IpAddr, (usize, &str)> = HashMap::new();
     for o in outcomes {
         assert_eq!(
-            o.out.code, 0,
+            o.out.code(),
+            0,
             "{} failed: {} {}",
-            o.id, o.out.stdout, o.out.stderr
+            o.id,
+            o.out.stdout,
+            o.out.stderr
         );
         for ip in result_ips(&o.out.json()) {
             let ip: IpAddr = ip.parse().unwrap();
@@ -237,7 +240,7 @@ fn eight_nodes_times_128_concurrent_adds_no_duplicates() {
                     .env("NODENAME", &format!("node{}", o.node))
                     .ipam(c)
                     .ok()
-                    .code
+                    .code()
             });
         }
     });
@@ -359,7 +362,7 @@ fn block_exhaustion_is_104_and_gc_frees_blocks_for_other_nodes() {
     while !(full[0] && full[1]) {
         let node = i % 2;
         let out = add_on(node, &format!("x{i}"), &c);
-        if out.code == 0 {
+        if out.code() == 0 {
             for ip in result_ips(&out.json()) {
                 assert!(
                     got.insert(ip.parse().unwrap(), node).is_none(),
@@ -507,7 +510,7 @@ fn storm_experiment() {
         outcomes.len(),
         cpu / outcomes.len() as u32
     );
-    let failed = outcomes.iter().filter(|o| o.out.code != 0).count();
+    let failed = outcomes.iter().filter(|o| o.out.code() != 0).count();
     let lat: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
     eprintln!(
         "EXP {nodes}x{per}: wall {wall:?} failed {failed} p50 {:?} p99 {:?} max {:?} blocks {}",

@@ -7,12 +7,13 @@ use std::{
     io::{IoSliceMut, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use bpf::PinRoot;
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::netns::TestNetns;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -29,117 +30,60 @@ pub fn prerequisites(_test: &str) -> bool {
         && integration::prereq::require(&["ip", "ping", "sysctl", "tc", "bpftool"])
 }
 
-/// Run a command, panic with its output on failure.
-pub fn run(args: &[&str]) -> String {
-    let out = integration::proc::command(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The shared netns fixture ([`TestNetns`]), with what these tests call on it.
+pub type Netns = TestNetns;
+
+/// `ip -n <ns> <args>` that must succeed; its stdout.
+pub trait Ip {
+    fn ip(&self, args: &[&str]) -> String;
 }
 
-/// A named network namespace, deleted on drop (with every interface in it).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: String) -> Netns {
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <ns> ...`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    /// `ip netns exec <ns> ...` (exit status returned, output captured).
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        integration::proc::command("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(integration::prereq::program(args[0]))
-            .args(&args[1..])
-            .output()
-            .expect("ip netns exec")
-    }
-
-    pub fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        host::run_in_netns(&self.path(), f).expect("enter netns")
-    }
-
-    pub fn mac(&self, dev: &str) -> [u8; 6] {
-        let js: serde_json::Value =
-            serde_json::from_str(&self.ip(&["-j", "link", "show", dev])).expect("ip -j");
-        parse_mac(js[0]["address"].as_str().expect("address"))
-    }
-
-    pub fn ifindex(&self, dev: &str) -> u32 {
-        let js: serde_json::Value =
-            serde_json::from_str(&self.ip(&["-j", "link", "show", dev])).expect("ip -j");
-        js[0]["ifindex"].as_u64().expect("ifindex") as u32
+impl Ip for TestNetns {
+    fn ip(&self, args: &[&str]) -> String {
+        self.must(args).stdout
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = integration::proc::command("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("6 bytes")
-}
-
-/// A private pin root under /sys/fs/bpf, removed (with every pin in it) on drop.
+/// A private pin root (the shared bpffs isolation), as the bpf crate's [`PinRoot`].
 pub struct TestPins {
     pub root: PinRoot,
+    iso: Isolation,
 }
 
 impl TestPins {
-    pub fn new(id: &str) -> TestPins {
+    pub fn new(_id: &str) -> TestPins {
         bpf::ensure_bpffs().expect("bpffs");
+        let iso = Isolation::tagged("bpf-test");
         TestPins {
-            root: PinRoot::new(PathBuf::from(bpf::BPFFS).join(format!("weft-test-{id}"))),
+            root: PinRoot::new(iso.pin_root()),
+            iso,
         }
     }
 
     /// Files left under links/ (must be empty after every detach).
     pub fn link_pins(&self) -> Vec<String> {
-        match std::fs::read_dir(self.root.links_dir()) {
-            Ok(d) => d
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(_) => vec![],
-        }
+        self.iso.link_pins()
     }
 }
 
-impl Drop for TestPins {
-    fn drop(&mut self) {
-        // Unlinking a link pin detaches it; map/program pins just go away.
-        let _ = std::fs::remove_dir_all(self.root.path());
+/// `tc` can answer whether weft's filter is on `dev`'s clsact ingress (what kmesh-cni asks
+/// netlink through `host` in production): `bpf::is_attached`'s tc query for these tests, run
+/// in the calling thread's netns.
+pub fn tc_filter_on(dev: &str) -> impl FnOnce(u32, u16, u32) -> std::io::Result<bool> + '_ {
+    move |_ifindex, priority, handle| {
+        let out = integration::proc::cmd("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
+        if !out.success() {
+            return Ok(false); // no clsact qdisc: no filters
+        }
+        let filters: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        Ok(filters.as_array().into_iter().flatten().any(|f| {
+            f["pref"].as_u64() == Some(u64::from(priority))
+                && f["options"]["handle"]
+                    .as_str()
+                    .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+                    .map(|h| h & 0xffff)
+                    == Some(handle)
+        }))
     }
 }
 
@@ -165,15 +109,24 @@ pub struct Topology {
 impl Topology {
     /// Pods on a Linux bridge in the node netns, same /24 and /64 (bridge plugin style).
     pub fn bridge(id: &str, net: u8) -> Topology {
-        let node = Netns::new(format!("wft-{id}-n"));
+        let node = TestNetns::new(&format!("wft-{id}-n"));
         let br = format!("br{id}");
         node.ip(&["link", "add", &br, "type", "bridge"]);
         node.ip(&["link", "set", &br, "up"]);
         let mk = |tag: &str, host: u8| {
-            let ns = Netns::new(format!("wft-{id}-{tag}"));
+            let ns = TestNetns::new(&format!("wft-{id}-{tag}"));
             let host_if = format!("h{tag}{id}");
             node.ip(&[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
             ]);
             node.ip(&["link", "set", &host_if, "master", &br, "up"]);
             let v4 = format!("10.{net}.0.{host}");
@@ -207,22 +160,24 @@ impl Topology {
     /// Routed pods (ptp plugin style): /32 on the pod, default route via the host veth
     /// address, a /32 route per pod on the node, forwarding on. IPv4 only.
     pub fn ptp(id: &str, net: u8) -> Topology {
-        let node = Netns::new(format!("wft-{id}-n"));
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &node.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        let node = TestNetns::new(&format!("wft-{id}-n"));
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .assert_success("enable forwarding on the node");
         let gw = format!("10.{net}.0.254");
         let mk = |tag: &str, host: u8| {
-            let ns = Netns::new(format!("wft-{id}-{tag}"));
+            let ns = TestNetns::new(&format!("wft-{id}-{tag}"));
             let host_if = format!("h{tag}{id}");
             node.ip(&[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
             ]);
             node.ip(&["addr", "add", &format!("{gw}/32"), "dev", &host_if]);
             node.ip(&["link", "set", &host_if, "up"]);
@@ -277,10 +232,10 @@ pub fn ping(from: &Netns, to: IpAddr) -> bool {
         "2",
         &to.to_string(),
     ]);
-    if !out.status.success() {
-        eprintln!("ping {to} failed: {}", String::from_utf8_lossy(&out.stdout));
+    if !out.success() {
+        eprintln!("ping {to} failed: {}", out.stdout);
     }
-    out.status.success()
+    out.success()
 }
 
 /// Send `n` UDP datagrams from `from` to `to` and return, for each one received,
@@ -289,7 +244,7 @@ pub fn udp_observe(from: &Netns, to_ns: &Netns, to: IpAddr, n: usize) -> Vec<(Ip
     use nix::sys::socket::{
         recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
     };
-    let listener = to_ns.in_ns(|| {
+    let listener = to_ns.run_in(|| {
         let s = UdpSocket::bind(SocketAddr::new(to, 0)).expect("bind udp");
         match to {
             IpAddr::V4(_) => setsockopt(&s, sockopt::Ipv4RecvTtl, &true).unwrap(),
@@ -299,7 +254,7 @@ pub fn udp_observe(from: &Netns, to_ns: &Netns, to: IpAddr, n: usize) -> Vec<(Ip
         s
     });
     let dst = listener.local_addr().unwrap();
-    from.in_ns(|| {
+    from.run_in(|| {
         let bind: SocketAddr = match to {
             IpAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
             IpAddr::V6(_) => "[::]:0".parse().unwrap(),
@@ -314,7 +269,7 @@ pub fn udp_observe(from: &Netns, to_ns: &Netns, to: IpAddr, n: usize) -> Vec<(Ip
     for _ in 0..n {
         let mut buf = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!(libc::c_int);
+        let mut cmsg = nix::cmsg_space!(nix::libc::c_int);
         let msg = match recvmsg::<SockaddrStorage>(
             listener.as_raw_fd(),
             &mut iov,
@@ -346,7 +301,7 @@ pub fn udp_observe(from: &Netns, to_ns: &Netns, to: IpAddr, n: usize) -> Vec<(Ip
 /// TCP connect from `from` to a listener in `to_ns`; echo a payload; return the client
 /// address the server saw.
 pub fn tcp_roundtrip(from: &Netns, to_ns: &Netns, to: IpAddr) -> IpAddr {
-    let listener = to_ns.in_ns(|| TcpListener::bind(SocketAddr::new(to, 0)).expect("listen"));
+    let listener = to_ns.run_in(|| TcpListener::bind(SocketAddr::new(to, 0)).expect("listen"));
     let addr = listener.local_addr().unwrap();
     std::thread::scope(|s| {
         let server = s.spawn(|| {
@@ -373,7 +328,7 @@ pub fn tcp_roundtrip(from: &Netns, to_ns: &Netns, to: IpAddr) -> IpAddr {
             c.write_all(&buf).unwrap();
             peer.ip()
         });
-        from.in_ns(|| {
+        from.run_in(|| {
             let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             c.write_all(b"hello").unwrap();

@@ -7,17 +7,17 @@
 //! adjacent runs share the VM's momentary speed, so the difference keeps the plugin's own cost
 //! and drops most of the drift. The figure is median(A extra) / median(B extra).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use tempfile::TempDir;
 
-use super::fastpath::{kmesh_record_count, PinDir};
 use super::measure::{self, Figure, Table};
-use crate::cni::Cnitool;
-use crate::netns::{unique_ifname, HostLink, TestNetns};
+use crate::cni::{bridge_plugin, conflist, Cnitool};
+use crate::fixtures::bpffs::Isolation;
+use crate::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use crate::plugins::CniPath;
 
 pub struct ChainOpts {
@@ -49,25 +49,6 @@ const FIGURES: [Figure; 3] = [
     },
 ];
 
-/// The main plugin every chain starts with; bridge creates the bridge on first ADD.
-pub fn bridge_plugin(bridge: &str, subnet: &str, ipam_dir: &Path) -> Value {
-    json!({
-        "type": "bridge",
-        "bridge": bridge,
-        "isGateway": true,
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": ipam_dir,
-            "ranges": [[{"subnet": subnet}]],
-        },
-    })
-}
-
-pub fn conflist(name: &str, plugins: &[Value]) -> Value {
-    json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
-}
-
 fn wall_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -88,9 +69,9 @@ fn add_del(tool: &Cnitool, net: &str, ns: &TestNetns) -> Result<f64> {
 
 /// One ADD of the kmesh-cni chain must pin a link and write a record, and its DEL must remove
 /// both: otherwise A would time a pass-through, not the fast path's attach and detach.
-fn verify_attach(tool: &Cnitool, ns: &TestNetns, pins: &PinDir, state: &Path) -> Result<String> {
+fn verify_attach(tool: &Cnitool, ns: &TestNetns, iso: &Isolation) -> Result<String> {
     let add = tool.add(NET_KMESH, ns.path());
-    let attached = (pins.link_count(), kmesh_record_count(state));
+    let attached = (iso.link_pins().len(), iso.records().len());
     let del = tool.del(NET_KMESH, ns.path());
     ensure!(
         add.success(),
@@ -108,7 +89,7 @@ fn verify_attach(tool: &Cnitool, ns: &TestNetns, pins: &PinDir, state: &Path) ->
         attached.0,
         attached.1
     );
-    let detached = (pins.link_count(), kmesh_record_count(state));
+    let detached = (iso.link_pins().len(), iso.records().len());
     ensure!(
         detached == (0, 0),
         "kmesh-cni DEL left {} link pins and {} records",
@@ -117,15 +98,14 @@ fn verify_attach(tool: &Cnitool, ns: &TestNetns, pins: &PinDir, state: &Path) ->
     );
     Ok(format!(
         "checked: kmesh-cni ADD pins 1 tcx/tc link under {} and records the pod; DEL removes both",
-        pins.path().display()
+        iso.pin_root().display()
     ))
 }
 
 pub fn run(opts: &ChainOpts) -> Result<Vec<Table>> {
     measure::install_interrupt_handler();
-    // SAFETY: geteuid has no preconditions.
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        nix::unistd::geteuid().is_root(),
         "P1-chain needs root (netns)"
     );
     let kmesh = opts.bin_dir.join("kmesh-cni");
@@ -136,22 +116,21 @@ pub fn run(opts: &ChainOpts) -> Result<Vec<Table>> {
     );
 
     // Declared in teardown order reversed: the netns goes first, the pin dir last.
-    let pins = PinDir::new("chain")?;
-    let state = TempDir::with_prefix("weft-bench-state-").context("state dir")?;
+    let iso = Isolation::tagged("bench-chain");
     let ipam = TempDir::with_prefix("weft-bench-ipam-").context("ipam dir")?;
     let cni_path = CniPath::with_bin_dir(&opts.bin_dir);
     let mut tool = Cnitool::new(&cni_path);
-    tool.set_env("WEFT_STATE_DIR", state.path().to_str().context("UTF-8")?);
+    tool.set_env("WEFT_STATE_DIR", iso.state_dir());
     let bridge = HostLink::adopt(&unique_ifname("wbbr"));
     let main = bridge_plugin(bridge.name(), SUBNET, ipam.path());
-    let kmesh_plugin = json!({"type": "kmesh-cni", "mode": "auto", "pinRoot": pins.path()});
+    let kmesh_plugin = json!({"type": "kmesh-cni", "mode": "auto", "pinRoot": iso.pin_root()});
     let tuning_plugin = json!({"type": "tuning"});
     tool.write_conflist(&conflist(NET_BRIDGE, std::slice::from_ref(&main)));
     tool.write_conflist(&conflist(NET_KMESH, &[main.clone(), kmesh_plugin]));
     tool.write_conflist(&conflist(NET_TUNING, &[main, tuning_plugin]));
     let ns = TestNetns::new("weft-bench-chain");
 
-    let checked = verify_attach(&tool, &ns, &pins, state.path())?;
+    let checked = verify_attach(&tool, &ns, &iso)?;
     let side = |chained: &str| -> Result<Vec<f64>> {
         let base = add_del(&tool, NET_BRIDGE, &ns)?;
         let chain = add_del(&tool, chained, &ns)?;

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::fastpath::PinDir;
 use super::{alternate, Comparison};
 use crate::cni::{exec_plugin_measured, PluginEnv};
-use crate::netns::{unique_ifname, TestNetns};
+use crate::fixtures::bpffs::Isolation;
+use crate::fixtures::netns::{unique_ifname, TestNetns};
 use crate::plugins::{reference_plugin, CniPath};
 use crate::proc::Usage;
 
@@ -74,9 +74,8 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
     )?);
 
     // Pass-through ADD (+ unmeasured DEL) in a real netns.
-    // SAFETY: geteuid has no preconditions.
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        nix::unistd::geteuid().is_root(),
         "exec-add needs root (netns)"
     );
     let cni_path = CniPath::with_bin_dir(&opts.bin_dir);
@@ -95,9 +94,8 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
         |c: &str| PluginEnv::verb(c, &container_id, ns.path_str(), "eth0", cni_path.path_str());
     // kmesh-cni attaches for real here: its pins and records go to per-run places, removed
     // on drop, never the node's /sys/fs/bpf/weft and /var/lib/cni.
-    let pins = PinDir::new("exec")?;
-    let state = tempfile::tempdir().context("state dir")?;
-    let state_dir = state.path().to_str().context("state dir path")?;
+    let iso = Isolation::tagged("bench-exec");
+    let state_dir = iso.state_dir();
     let (add, del) = (
         verb("ADD").set("WEFT_STATE_DIR", state_dir),
         verb("DEL").set("WEFT_STATE_DIR", state_dir),
@@ -107,7 +105,7 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
         run_ok(bin, &del, conf).context("DEL")?;
         Ok(usage)
     };
-    let kmesh_conf = chained_conf("kmesh-cni", &prev, &json!({"pinRoot": pins.path()}));
+    let kmesh_conf = chained_conf("kmesh-cni", &prev, &json!({"pinRoot": iso.pin_root()}));
     let passthrough_conf = chained_conf("kmesh-cni", &prev, &json!({"mode": "off"}));
     let tuning_conf = chained_conf("tuning", &prev, &json!({}));
     // Pass-through (mode off): the contract path alone, what tuning does too.

@@ -15,20 +15,20 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::chain::{bridge_plugin, conflist};
 use super::measure::{self, check_interrupted, Figure, Table};
-use crate::cni::Cnitool;
-use crate::netns::{unique_ifname, HostLink, TestNetns};
+use crate::cni::{bridge_plugin, conflist, Cnitool};
+use crate::fixtures::bpffs::Isolation;
+use crate::fixtures::guards::{KubeRules, Sysctl};
+use crate::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use crate::plugins::CniPath;
 use crate::proc::{self, cmd};
 
@@ -47,8 +47,7 @@ const SUBNET_OFF: &str = "10.202.0.0/24";
 /// The bare veth pair of P3-limit.
 const VETH_A: &str = "10.203.0.1";
 const VETH_B: &str = "10.203.0.2";
-/// "Cluster IPs" of the fake services: only matched against, never sent to.
-const CLUSTER_NET: [u8; 2] = [10, 250];
+
 const NET_FAST: &str = "wb-fast";
 const NET_OFF: &str = "wb-off";
 const IPERF_PORT: u16 = 5201;
@@ -74,192 +73,6 @@ const FIGURES: [Figure; 3] = [
 ];
 
 // ---- guards ------------------------------------------------------------------------------
-
-/// A per-run pin root under /sys/fs/bpf that kmesh-cni creates on first ADD; removed (with
-/// every map, program and link pin in it) on drop.
-pub struct PinDir {
-    path: PathBuf,
-}
-
-impl PinDir {
-    pub fn new(tag: &str) -> Result<PinDir> {
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/weft-bench-{}-{tag}",
-            std::process::id()
-        ));
-        ensure!(
-            !path.exists(),
-            "{} already exists (left by a killed run?)",
-            path.display()
-        );
-        Ok(PinDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Pinned tcx links: one per attached pod.
-    pub fn link_count(&self) -> usize {
-        count_entries(&self.path.join("links"), |_| true)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.path.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                eprintln!("warning: could not remove {}: {e}", self.path.display());
-            }
-        }
-    }
-}
-
-fn count_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| keep(&e.file_name().to_string_lossy()))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// kmesh-cni attachment records (`<cid>:<ifname>`) under `$WEFT_STATE_DIR/kmesh-cni`.
-pub fn kmesh_record_count(state_dir: &Path) -> usize {
-    count_entries(&state_dir.join("kmesh-cni"), |n| n.contains(':'))
-}
-
-/// A sysctl set for the benchmark and put back on drop.
-struct Sysctl {
-    path: &'static str,
-    old: String,
-}
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Result<Sysctl> {
-        let old = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
-        let guard = Sysctl {
-            path,
-            old: old.trim().to_owned(),
-        };
-        std::fs::write(path, value).with_context(|| format!("write {value} to {path}"))?;
-        Ok(guard)
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(self.path, &self.old) {
-            eprintln!(
-                "warning: could not restore {} to {}: {e}",
-                self.path, self.old
-            );
-        }
-    }
-}
-
-/// A KUBE-SERVICES-like chain of `-d <clusterIP>/32 -p tcp --dport N -j <svc chain>` rules in
-/// the host netns' filter and nat tables, jumped to from the hooks kube-proxy uses. None of the
-/// rules matches pod-to-pod traffic: they only cost the walk. Everything lives in chains named
-/// WEFT-BENCH-<pid>*, removed on drop.
-struct KubeRules {
-    chain: String,
-    svc_chain: String,
-}
-
-/// (table, built-in chains that jump to ours).
-const RULE_HOOKS: [(&str, &[&str]); 2] = [
-    ("filter", &["FORWARD", "OUTPUT"]),
-    ("nat", &["PREROUTING", "OUTPUT"]),
-];
-
-impl KubeRules {
-    fn install(count: usize) -> Result<KubeRules> {
-        ensure!(
-            count <= 65536,
-            "at most 65536 rules (one /16 of cluster IPs)"
-        );
-        let chain = format!("WEFT-BENCH-{}", std::process::id());
-        let rules = KubeRules {
-            svc_chain: format!("{chain}-SVC"),
-            chain,
-        };
-        // One iptables-restore (atomic per table) instead of thousands of iptables calls.
-        let mut script = String::new();
-        for (table, hooks) in RULE_HOOKS {
-            script.push_str(&format!(
-                "*{table}\n:{} - [0:0]\n:{} - [0:0]\n",
-                rules.chain, rules.svc_chain
-            ));
-            for i in 0..count {
-                let ip = Ipv4Addr::new(CLUSTER_NET[0], CLUSTER_NET[1], (i / 256) as u8, i as u8);
-                script.push_str(&format!(
-                    "-A {} -d {ip}/32 -p tcp -m tcp --dport {} -j {}\n",
-                    rules.chain,
-                    30000 + i % 2000,
-                    rules.svc_chain
-                ));
-            }
-            for hook in hooks {
-                script.push_str(&format!("-I {hook} 1 -j {}\n", rules.chain));
-            }
-            script.push_str("COMMIT\n");
-        }
-        let (out, _) = proc::run(
-            crate::proc::command("iptables-restore").args(["-w", "5", "--noflush"]),
-            script.as_bytes(),
-        )
-        .context("run iptables-restore")?;
-        ensure!(
-            out.success(),
-            "iptables-restore failed:\n{}",
-            out.describe()
-        );
-        Ok(rules)
-    }
-
-    /// Packets that entered our chain from FORWARD so far: bridged traffic walking the rules.
-    fn forward_hits(&self) -> Result<u64> {
-        let out = cmd(
-            "iptables",
-            &["-w", "5", "-t", "filter", "-L", "FORWARD", "-v", "-x", "-n"],
-        );
-        ensure!(
-            out.success(),
-            "iptables -L FORWARD failed:\n{}",
-            out.describe()
-        );
-        out.stdout
-            .lines()
-            .find_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.get(2) == Some(&self.chain.as_str()))
-                    .then(|| cols[0].parse::<u64>().ok())
-                    .flatten()
-            })
-            .ok_or_else(|| anyhow!("no FORWARD jump to {} found", self.chain))
-    }
-}
-
-impl Drop for KubeRules {
-    fn drop(&mut self) {
-        let ipt = |args: &[&str]| cmd("iptables", &[&["-w", "5"][..], args].concat()).success();
-        for (table, hooks) in RULE_HOOKS {
-            for hook in hooks {
-                while ipt(&["-t", table, "-D", hook, "-j", &self.chain]) {}
-            }
-            for c in [&self.chain, &self.svc_chain] {
-                ipt(&["-t", table, "-F", c]);
-            }
-            for c in [&self.chain, &self.svc_chain] {
-                if !ipt(&["-t", table, "-X", c]) {
-                    eprintln!("warning: could not delete iptables chain {table}/{c}");
-                }
-            }
-        }
-    }
-}
 
 /// A pod wired by cnitool; DEL on drop (before its netns goes).
 struct Pod<'a> {
@@ -495,8 +308,8 @@ fn sockperf_percentile(text: &str, pct: &str) -> Result<f64> {
 
 /// The redirect program's counters (`struct weft_counters`), summed over CPUs, from the pinned
 /// per-CPU map as bpftool formats it with the map's BTF.
-fn fast_path_counters(pins: &PinDir) -> Result<BTreeMap<String, u64>> {
-    let map = pins.path().join("counters");
+fn fast_path_counters(pins: &Isolation) -> Result<BTreeMap<String, u64>> {
+    let map = pins.pin_root().join("counters");
     let map = map.to_str().context("UTF-8 pin path")?;
     let out = cmd("bpftool", &["map", "dump", "pinned", map, "-j"]);
     ensure!(
@@ -563,11 +376,11 @@ impl SideCounts {
 }
 
 /// The note that proves which side used the fast path.
-fn counters_note(pins: &PinDir, a: &SideCounts, b: &SideCounts) -> String {
+fn counters_note(pins: &Isolation, a: &SideCounts, b: &SideCounts) -> String {
     format!(
         "fast path counters (bpftool map dump pinned {}/counters -j):\n     A runs: {}\n     \
          B runs: {}",
-        pins.path().display(),
+        pins.pin_root().display(),
         a.describe(),
         b.describe()
     )
@@ -578,7 +391,7 @@ fn counters_note(pins: &PinDir, a: &SideCounts, b: &SideCounts) -> String {
 fn run_side(
     path: &TrafficPath,
     seconds: u32,
-    pins: &PinDir,
+    pins: &Isolation,
     rules: Option<&KubeRules>,
     counts: &mut SideCounts,
     fast: bool,
@@ -609,16 +422,14 @@ fn run_side(
 struct Node {
     tool: Cnitool,
     _bridges: [HostLink; 2],
-    state: TempDir,
     _ipam: TempDir,
     _cni_path: CniPath,
-    pins: PinDir,
+    pins: Isolation,
 }
 
 impl Node {
     fn new(bin_dir: &Path, tag: &str) -> Result<Node> {
-        // SAFETY: geteuid has no preconditions.
-        ensure!(unsafe { libc::geteuid() } == 0, "needs root (netns)");
+        ensure!(nix::unistd::geteuid().is_root(), "needs root (netns)");
         let kmesh = bin_dir.join("kmesh-cni");
         ensure!(
             kmesh.is_file(),
@@ -634,17 +445,17 @@ impl Node {
                 p.package
             );
         }
-        let pins = PinDir::new(tag)?;
-        let state = TempDir::with_prefix("weft-bench-state-").context("state dir")?;
+        let pins = Isolation::tagged(&format!("bench-{tag}"));
         let ipam = TempDir::with_prefix("weft-bench-ipam-").context("ipam dir")?;
         let cni_path = CniPath::with_bin_dir(bin_dir);
         let mut tool = Cnitool::new(&cni_path);
-        tool.set_env("WEFT_STATE_DIR", state.path().to_str().context("UTF-8")?);
+        tool.set_env("WEFT_STATE_DIR", pins.state_dir());
         let bridges = [
             HostLink::adopt(&unique_ifname("wbbr")),
             HostLink::adopt(&unique_ifname("wbbr")),
         ];
-        let kmesh = |mode: &str| json!({"type": "kmesh-cni", "mode": mode, "pinRoot": pins.path()});
+        let kmesh =
+            |mode: &str| json!({"type": "kmesh-cni", "mode": mode, "pinRoot": pins.pin_root()});
         tool.write_conflist(&conflist(
             NET_FAST,
             &[
@@ -662,7 +473,6 @@ impl Node {
         Ok(Node {
             tool,
             _bridges: bridges,
-            state,
             _ipam: ipam,
             _cni_path: cni_path,
             pins,
@@ -676,20 +486,17 @@ impl Node {
 
     /// The attach mode kmesh-cni recorded for its pods, and a check that both are attached.
     fn fast_path_mode(&self) -> Result<String> {
-        let dir = self.state.path().join("kmesh-cni");
-        let mut modes = Vec::new();
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().contains(':') {
-                let record: Value = serde_json::from_slice(&std::fs::read(entry.path())?)?;
-                modes.push(record["mode"].as_str().unwrap_or("?").to_owned());
-            }
-        }
+        let mut modes: Vec<String> = self
+            .pins
+            .record_values()
+            .iter()
+            .map(|r| r["mode"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        let links = self.pins.link_pins().len();
         ensure!(
-            modes.len() == 2 && self.pins.link_count() == 2,
-            "expected 2 kmesh-cni attachments, found {} records and {} link pins",
+            modes.len() == 2 && links == 2,
+            "expected 2 kmesh-cni attachments, found {} records and {links} link pins",
             modes.len(),
-            self.pins.link_count()
         );
         modes.dedup();
         Ok(modes.join(","))
@@ -772,7 +579,10 @@ pub fn run_fast(opts: &TrafficOpts) -> Result<Vec<Table>> {
             table.notes.push(format!(
                 "packets into FORWARD -> {} ({} rules, br_netfilter on; counts any bridged \
                  traffic on the host): during A runs +{}, during B runs +{}",
-                r.chain, opts.rules, ca.forward_hits, cb.forward_hits
+                r.chain(),
+                opts.rules,
+                ca.forward_hits,
+                cb.forward_hits
             ));
         }
         Ok(table)

@@ -32,7 +32,7 @@ use super::measure::{self, check_interrupted, Figure, Table};
 use super::Stats;
 use crate::cni::Cnitool;
 use crate::etcd::EtcdCluster;
-use crate::netns::TestNetns;
+use crate::fixtures::netns::TestNetns;
 use crate::plugins::{reference_plugin, CniPath};
 use crate::proc;
 
@@ -434,9 +434,8 @@ fn run_measured(mut cmd: Command, stdin: &[u8], what: &str) -> Result<(String, p
 /// and DEL (its own wall time and peak RSS, the larger of the two verbs).
 pub fn run_exec(opts: &IpamOpts) -> Result<Vec<Table>> {
     measure::install_interrupt_handler();
-    // SAFETY: geteuid has no preconditions.
     ensure!(
-        unsafe { libc::geteuid() } == 0,
+        nix::unistd::geteuid().is_root(),
         "P1-exec needs root (netns)"
     );
     let net = "wb-ipam-exec";

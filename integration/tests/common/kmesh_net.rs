@@ -6,15 +6,15 @@
 use std::net::IpAddr;
 
 use integration::cni::{exec_plugin, Cnitool, PluginEnv};
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
 use integration::prereq::{require, require_netns_env};
 use integration::proc::Output;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::bpffs::Isolation;
-use super::pods::{host_veth, pod_ip};
+use integration::fixtures::bpffs::Isolation;
+use integration::fixtures::pods::{host_veth, pod_ip};
 
 /// The capability containerd and CRI-O fill with the pod's annotations.
 /// `struct weft_endpoint.flags`: the pod is reached through host routing (ptp).

@@ -3,19 +3,17 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-pub mod bpffs;
 pub mod kmesh_net;
-pub mod pods;
 
 use std::path::PathBuf;
 
 use integration::cni::{exec_plugin, PluginEnv};
-use integration::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
 use integration::proc::Output;
 use serde_json::{json, Value};
 
-use bpffs::Isolation;
+use integration::fixtures::bpffs::Isolation;
 
 pub struct Kmesh {
     pub bin: PathBuf,

@@ -2,9 +2,9 @@
 //!
 //! Layout under the store dir (default `/var/lib/cni/weft-ipam`, mode 0700):
 //! ```text
-//! <network>/lock       flock(2) target, never deleted (deleting a lock file races its users)
-//! <network>/pool       every reservation of the network, sorted by address (0600)
-//! <network>/pool.tmp   the next version being written (0600)
+//! <network>/lock           flock(2) target, never deleted (deleting a lock file races its users)
+//! <network>/pool           every reservation of the network, sorted by address (0600)
+//! <network>/.tmp-<pid>-<n> the next version being written (0600, O_EXCL | O_NOFOLLOW)
 //! ```
 //! `pool` is text, one reservation per line, between a header and a trailer that carries the
 //! line count, so a truncated file is detected instead of silently losing reservations:
@@ -21,10 +21,11 @@
 //!
 //! **One verb = one transaction**: take `flock(LOCK_EX)` on `lock` (released by the kernel when
 //! the process dies, so a `kill -9` never leaves a stale lock), read `pool` into a `BTreeMap`,
-//! decide with [`Pool::plan`], write `pool.tmp`, `fdatasync` it, `rename` it over `pool`.
-//! rename(2) is atomic, so every reader sees either the old or the new pool; a process killed
-//! at any point leaves at worst a stale `pool.tmp` (overwritten by the next writer) and
-//! possibly a reservation whose result was never printed (freed by DEL or GC). Duplicates are
+//! decide with [`Pool::plan`], write a temp file, `fdatasync` it, `rename` it over `pool`
+//! ([`host::fsio::write_atomic`]). rename(2) is atomic, so every reader sees either the old or
+//! the new pool; a process killed at any point leaves at worst a stale temp file (swept by the
+//! next transaction: under the lock no other writer can own one) and possibly a reservation
+//! whose result was never printed (freed by DEL or GC). Duplicates are
 //! impossible because every decision is made on the latest pool under the exclusive lock.
 //!
 //! **Cost per verb**: one open+flock, one read of this network's pool (~60 bytes per
@@ -34,8 +35,7 @@
 //! is not fsynced after the rename: after a power loss the worst case is the previous pool,
 //! which only lacks reservations of containers that did not survive the reboot either.
 //!
-//! Locking is `host::lock` (shared with the record store); the pool write stays here because
-//! it is the pool's own protocol (fixed temp name under the lock, fdatasync, rename).
+//! Locking is `host::lock` and writing `host::fsio`, shared with the record store.
 
 use super::{Claim, Owner, Pool, Store};
 use crate::config::validate_network_name;
@@ -43,10 +43,9 @@ use conf::{code, Error, Result};
 use host::lock::{lock_file, Locked};
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const HEADER: &str = "weft-ipam pool v2";
@@ -77,7 +76,13 @@ impl FileStore {
         self.dir.join("pool")
     }
 
+    /// The pool's lock. The store directory and the pool's own are made private first (0700,
+    /// ours, not symlinks): everything below is trusted only because nobody else can write it.
     fn lock(&self, exclusive: bool) -> Result<Locked> {
+        if let Some(store) = self.dir.parent() {
+            host::fsio::ensure_private_dir(store)?;
+        }
+        host::fsio::ensure_private_dir(&self.dir)?;
         Ok(lock_file(&self.dir.join("lock"), exclusive)?)
     }
 
@@ -105,25 +110,16 @@ impl FileStore {
         self.write_atomic("pool", &render(pool))
     }
 
-    /// Replaces `<dir>/<name>` atomically: write `<name>.tmp`, fdatasync, rename. Call with the
-    /// lock held (the etcd store keeps its block list next to the pool this way).
+    /// Replaces `<dir>/<name>` atomically ([`host::fsio::write_atomic`], fdatasync'd). Call with
+    /// the lock held (the etcd store keeps its block list next to the pool this way).
     pub(crate) fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| io_err("cannot create", &tmp, e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_data())
-            .map_err(|e| io_err("cannot write", &tmp, e))?;
-        drop(f);
         test_pause();
-        fs::rename(&tmp, &path).map_err(|e| io_err("cannot replace", &path, e))
+        Ok(host::fsio::write_atomic(
+            &self.dir,
+            name,
+            text.as_bytes(),
+            host::fsio::Durability::Data,
+        )?)
     }
 
     /// `<dir>/<name>` as text; `None` if it does not exist. Call with the lock held.
@@ -152,6 +148,7 @@ impl FileStore {
     /// Runs `f` on the pool under the exclusive lock and saves the pool if `f` says it changed.
     pub(crate) fn transact<T>(&self, f: impl FnOnce(&mut Pool) -> Result<(T, bool)>) -> Result<T> {
         let _lock = self.lock(true)?;
+        host::fsio::sweep_stale_temps(&self.dir);
         test_pause();
         let mut pool = self.load()?;
         let (out, changed) = f(&mut pool)?;

@@ -2,8 +2,9 @@
 //! and Drop guards for netns and links. Prerequisites: `integration::prereq` (the one list).
 #![allow(dead_code)]
 
+use integration::cni::{exec_plugin, PluginEnv};
+use integration::fixtures::netns::{HostLink, TestNetns};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,42 +20,8 @@ pub fn cni_path() -> String {
     format!("{}:/usr/lib/cni", ipam_bin().parent().unwrap().display())
 }
 
-#[derive(Debug)]
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}): {:?} stderr: {}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-    pub fn ok(&self) -> &Self {
-        assert_eq!(
-            self.code, 0,
-            "plugin failed: stdout {} stderr {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-    /// Asserts a CNI error with `code` and returns its message.
-    pub fn err(&self, code: u64) -> String {
-        assert_ne!(
-            self.code, 0,
-            "expected error {code}, got success: {}",
-            self.stdout
-        );
-        let v = self.json();
-        assert_eq!(v["code"].as_u64(), Some(code), "wrong error: {v}");
-        v["msg"].as_str().unwrap().to_string()
-    }
-}
+/// What one exec printed and how it ended (the kit's process output, with `ok()`/`err(code)`).
+pub type Out = integration::proc::Output;
 
 /// One CNI request: env + stdin for one exec.
 #[derive(Clone, Debug)]
@@ -95,45 +62,38 @@ impl Call {
         self
     }
 
-    pub fn command(&self, plugin: &Path) -> Command {
-        let mut c = Command::new(plugin);
-        c.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", &self.command)
-            .env("CNI_PATH", cni_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    /// The exec environment of this call, as libcni sets it (the kit's [`PluginEnv`]).
+    pub fn plugin_env(&self) -> PluginEnv {
+        let mut env = PluginEnv::command(&self.command).set("CNI_PATH", &cni_path());
         if !self.container_id.is_empty() {
-            c.env("CNI_CONTAINERID", &self.container_id)
-                .env("CNI_IFNAME", &self.ifname);
+            env = env
+                .set("CNI_CONTAINERID", &self.container_id)
+                .set("CNI_IFNAME", &self.ifname);
         }
         if let Some(n) = &self.netns {
-            c.env("CNI_NETNS", n);
+            env = env.set("CNI_NETNS", n);
         }
         if let Some(a) = &self.args {
-            c.env("CNI_ARGS", a);
+            env = env.set("CNI_ARGS", a);
         }
         for (k, v) in &self.env {
-            c.env(k, v);
+            env = env.set(k, v);
         }
+        env
+    }
+
+    /// `Command` of this call (for tests that spawn and kill the plugin themselves).
+    pub fn command(&self, plugin: &Path) -> Command {
+        let mut c = Command::new(plugin);
+        self.plugin_env().apply(&mut c);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     }
 
     pub fn run(&self, plugin: &Path, conf: &Value) -> Out {
-        let mut child = self.command(plugin).spawn().expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .expect("write stdin");
-        let o = child.wait_with_output().expect("wait plugin");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        exec_plugin(plugin, &self.plugin_env(), conf.to_string().as_bytes())
     }
 
     pub fn ipam(&self, conf: &Value) -> Out {
@@ -151,52 +111,23 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn ip(args: &[&str]) -> std::process::Output {
-    integration::proc::command("ip")
-        .args(args)
-        .output()
-        .expect("run ip")
-}
+/// The kit's netns fixture; what these tests ask of it.
+pub type Netns = TestNetns;
 
-/// A named network namespace, deleted on drop (which also removes veths inside it).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new() -> Netns {
-        let name = unique("wipam-");
-        let o = ip(&["netns", "add", &name]);
-        assert!(
-            o.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Netns { name }
-    }
-    pub fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.name)
-    }
+pub trait NetnsExt {
     /// `ip -o addr show dev <ifname>` inside the namespace.
-    pub fn addrs(&self, ifname: &str) -> String {
-        let o = ip(&["-n", &self.name, "-o", "addr", "show", "dev", ifname]);
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
+    fn addrs(&self, ifname: &str) -> String;
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
+impl NetnsExt for TestNetns {
+    fn addrs(&self, ifname: &str) -> String {
+        self.ip(&["-o", "addr", "show", "dev", ifname]).stdout
     }
 }
 
 /// A host link (the bridge the plugin creates), deleted on drop.
-pub struct Link(pub String);
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.0]);
-    }
+pub fn link_guard(name: &str) -> HostLink {
+    HostLink::adopt(name)
 }
 
 /// The store directory of one test: WEFT_STATE_DIR-style parent in a tempdir.

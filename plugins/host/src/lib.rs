@@ -9,6 +9,7 @@
 //! - [`error`]: [`HostError`] and its single mapping to CNI error codes.
 
 pub mod error;
+pub mod fsio;
 pub mod link;
 pub mod lock;
 pub mod logging;

@@ -2,108 +2,63 @@
 //! The kernel drops the lock of a dead holder, so waiting never deadlocks on a crash.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::HostError;
 
 /// An open, locked lock file; the lock is released when it is dropped (or the process dies).
 #[derive(Debug)]
-pub struct Locked(#[allow(dead_code)] File);
+pub struct Locked(#[allow(dead_code)] Flock<File>);
 
 /// Creates the parent directory (0700) and the lock file (0600) if needed, then flock()s it.
 /// Blocking: the kernel drops the lock of a dead holder, so waiting never deadlocks on a crash.
 pub fn lock_file(path: &Path, exclusive: bool) -> Result<Locked, HostError> {
-    let file = open_lock(path)?;
-    let op = if exclusive {
-        libc::LOCK_EX
+    let arg = if exclusive {
+        FlockArg::LockExclusive
     } else {
-        libc::LOCK_SH
+        FlockArg::LockShared
     };
+    let mut file = open_lock(path)?;
     loop {
-        // SAFETY: flock on a file descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(Locked(file));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(HostError::io(format!("flock {}", path.display()), e));
+        match Flock::lock(file, arg) {
+            Ok(locked) => return Ok(Locked(locked)),
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, e)) => {
+                return Err(HostError::io(format!("flock {}", path.display()), e.into()))
+            }
         }
     }
-}
-
-static ALARM_FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_alarm(_: libc::c_int) {
-    ALARM_FIRED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Exclusive lock, waiting at most `timeout`; `None` if it was not obtained in time.
 ///
-/// The wait is a blocking flock(2) interrupted by a one-shot SIGALRM sent to this thread only
-/// (handler installed without SA_RESTART, restored afterwards): waiters sleep in the kernel
-/// instead of polling, which matters when a node starts a hundred pods at once.
-/// `ALARM_FIRED` is process-wide: one caller at a time per process (each exec does one verb).
-pub fn lock_file_within(
-    path: &Path,
-    timeout: std::time::Duration,
-) -> Result<Option<Locked>, HostError> {
-    use std::sync::atomic::Ordering;
-    let file = open_lock(path)?;
-    let fd = file.as_raw_fd();
-    // SAFETY: flock on our own descriptor.
-    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(Some(Locked(file)));
-    }
-    ALARM_FIRED.store(false, Ordering::SeqCst);
-    // SAFETY: plain libc calls with zero-initialised, fully set structs; the handler only
-    // stores to an atomic (async-signal-safe).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_alarm as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGALRM, &sa, &mut old);
-        // A POSIX timer aimed at this thread (SIGEV_THREAD_ID), so the signal interrupts our
-        // flock even when other threads exist (test harness, a runtime's helpers).
-        let mut sev: libc::sigevent = std::mem::zeroed();
-        sev.sigev_notify = libc::SIGEV_THREAD_ID;
-        sev.sigev_signo = libc::SIGALRM;
-        sev.sigev_notify_thread_id = libc::gettid();
-        let mut timer: libc::timer_t = std::mem::zeroed();
-        if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) != 0 {
-            let e = std::io::Error::last_os_error();
-            libc::sigaction(libc::SIGALRM, &old, std::ptr::null_mut());
-            return Err(HostError::io(
-                format!("lock timer for {}", path.display()),
-                e,
-            ));
+/// Non-blocking attempts with a backoff from 1 ms to 25 ms: the deadline holds whatever
+/// happens (no signal to lose, nothing process-wide), and a waiter costs a wake-up every 25 ms
+/// at worst. The claim lock this serves is held for one etcd round trip, so waiters are few
+/// and short-lived.
+pub fn lock_file_within(path: &Path, timeout: Duration) -> Result<Option<Locked>, HostError> {
+    let deadline = Instant::now() + timeout;
+    let mut file = open_lock(path)?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(Some(Locked(locked))),
+            Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
+            Err((_, e)) => {
+                return Err(HostError::io(format!("flock {}", path.display()), e.into()))
+            }
         }
-        let mut spec: libc::itimerspec = std::mem::zeroed();
-        spec.it_value.tv_sec = timeout.as_secs() as libc::time_t;
-        spec.it_value.tv_nsec = timeout.subsec_nanos().max(1) as libc::c_long;
-        libc::timer_settime(timer, 0, &spec, std::ptr::null_mut());
-        let outcome = loop {
-            if libc::flock(fd, libc::LOCK_EX) == 0 {
-                break Ok(true);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                break Err(e);
-            }
-            if ALARM_FIRED.load(Ordering::SeqCst) {
-                break Ok(false);
-            }
-        };
-        libc::timer_delete(timer);
-        libc::sigaction(libc::SIGALRM, &old, std::ptr::null_mut());
-        match outcome {
-            Ok(true) => Ok(Some(Locked(file))),
-            Ok(false) => Ok(None),
-            Err(e) => Err(HostError::io(format!("flock {}", path.display()), e)),
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
         }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(25));
     }
 }
 
@@ -121,7 +76,8 @@ fn open_lock(path: &Path) -> Result<File, HostError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        // Never lock (and create) through a link someone placed at the lock's name.
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| HostError::io(format!("open {}", path.display()), e))
 }
@@ -129,6 +85,7 @@ fn open_lock(path: &Path) -> Result<File, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn lock_within_times_out_then_succeeds() {
@@ -136,16 +93,59 @@ mod tests {
         let path = tmp.path().join("sub/l.lock");
         let held = lock_file(&path, true).unwrap();
         // A second open file description conflicts even within one process.
-        let r = lock_file_within(&path, std::time::Duration::from_millis(100)).unwrap();
+        let r = lock_file_within(&path, Duration::from_millis(100)).unwrap();
         assert!(r.is_none(), "must not get a lock someone holds");
         drop(held);
-        assert!(
-            lock_file_within(&path, std::time::Duration::from_millis(100))
-                .unwrap()
-                .is_some()
-        );
-        use std::os::unix::fs::PermissionsExt;
+        assert!(lock_file_within(&path, Duration::from_millis(100))
+            .unwrap()
+            .is_some());
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// A holder that never lets go (its own open file description, as another process has):
+    /// the wait ends at the deadline, not later (and not never), however often it is asked.
+    #[test]
+    fn the_timeout_holds_against_a_holder_that_never_lets_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("held.lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let keeper = std::thread::spawn(move || {
+            let _held = lock_file(&p, true).unwrap();
+            tx.send(()).unwrap();
+            std::thread::park(); // never lets go until the test ends
+        });
+        rx.recv().unwrap();
+        for timeout in [10, 50, 200] {
+            let t = Instant::now();
+            let got = lock_file_within(&path, Duration::from_millis(timeout)).unwrap();
+            let took = t.elapsed();
+            assert!(got.is_none());
+            assert!(
+                took >= Duration::from_millis(timeout),
+                "gave up early: {took:?} < {timeout} ms"
+            );
+            assert!(
+                took < Duration::from_millis(timeout) + Duration::from_millis(500),
+                "overshot the deadline by far: {took:?} for {timeout} ms"
+            );
+        }
+        keeper.thread().unpark();
+        keeper.join().unwrap();
+        assert!(lock_file_within(&path, Duration::from_millis(100))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_lock_file_planted_as_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = tmp.path().join("lock");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(lock_file(&link, true).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }

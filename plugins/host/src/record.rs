@@ -15,30 +15,23 @@
 //! with `.` (no container ID does) and the lock file is `lock` (no `:`), so a listing can tell
 //! records from everything else.
 //!
-//! Writes are atomic (temp file with O_EXCL and 0600, fsync, rename, fsync of the directory): a
-//! reader sees the old record or the new one, never a torn one, also after a crash.
+//! Writes are [`fsio::write_atomic`] with full durability (O_EXCL temp, fsync, rename, fsync of
+//! the directory): a reader sees the old record or the new one, never a torn one, also after a
+//! crash; directories are [`fsio::ensure_private_dir`] (0700, ours, no symlink).
 
 use std::{
-    fs::{self, DirBuilder, File, OpenOptions},
-    io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    fs, io,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
 };
 
 use conf::AttachmentKey;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::fsio::{self, Durability};
 use crate::HostError;
-
-/// Default parent of every plugin's record directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni";
-/// Environment variable overriding [`DEFAULT_STATE_DIR`] (tests, non-standard installs).
-pub const STATE_DIR_ENV: &str = "WEFT_STATE_DIR";
 
 const SEPARATOR: char = ':';
 const LOCK_FILE: &str = "lock";
-const TEMP_PREFIX: &str = ".tmp-";
 /// ifnames are at most IFNAMSIZ - 1 bytes.
 const MAX_IFNAME: usize = 15;
 /// Keeps `<id>:<ifname>` within NAME_MAX (255) so a long ID is a clear error, not ENAMETOOLONG.
@@ -95,7 +88,7 @@ impl RecordStore {
         RecordStore { dir: dir.into() }
     }
 
-    /// `/var/lib/cni/<plugin>`, or `$WEFT_STATE_DIR/<plugin>` when that is set and non-empty.
+    /// `<state dir>/<plugin>` ([`fsio::state_dir`]: `/var/lib/cni`, or `$WEFT_STATE_DIR`).
     ///
     /// # Panics
     /// If `plugin` is not a plain file name: plugin names are constants in our own binaries.
@@ -104,15 +97,7 @@ impl RecordStore {
             !plugin.is_empty() && plugin != "." && plugin != ".." && !plugin.contains('/'),
             "plugin name {plugin:?} must be a plain file name"
         );
-        Self::under(std::env::var_os(STATE_DIR_ENV), plugin)
-    }
-
-    fn under(parent: Option<std::ffi::OsString>, plugin: &str) -> Self {
-        let parent = parent
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        RecordStore::new(parent.join(plugin))
+        RecordStore::new(fsio::state_dir().join(plugin))
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,19 +124,9 @@ impl RecordStore {
             .map_err(|e| HostError::io(format!("encode record {key}"), io::Error::other(e)))?;
         bytes.push(b'\n');
         let dir = self.dir_of(key);
-        self.ensure_dir()?;
-        ensure_private_dir(&dir)?;
-
-        let target = self.path(key);
-        let temp = TempFile::create(&dir)?;
-        let ctx = |what: &str| format!("{what} {}", temp.path.display());
-        let mut file = temp.file.as_ref().expect("open until persisted");
-        file.write_all(&bytes)
-            .map_err(|e| HostError::io(ctx("write"), e))?;
-        file.sync_all()
-            .map_err(|e| HostError::io(ctx("fsync"), e))?;
-        temp.persist(&target)?;
-        sync_dir(&dir)
+        fsio::ensure_private_dir(&self.dir)?;
+        fsio::ensure_private_dir(&dir)?;
+        fsio::write_atomic(&dir, &file_name(key), &bytes, Durability::Full)
     }
 
     /// The record for `key`; `Ok(None)` if there is none. A record that does not decode as `T`
@@ -195,7 +170,7 @@ impl RecordStore {
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {
-                sync_dir(&self.dir_of(key))?;
+                fsio::sync_dir(&self.dir_of(key))?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -244,32 +219,9 @@ impl RecordStore {
     /// Takes the store's exclusive lock, blocking until it is free. Runtimes serialize calls per
     /// container only, so read-modify-write of shared state must hold this.
     pub fn lock(&self) -> Result<StoreLock, HostError> {
-        self.ensure_dir()?;
+        fsio::ensure_private_dir(&self.dir)?;
         let lock = crate::lock::lock_file(&self.dir.join(LOCK_FILE), true)?;
         Ok(StoreLock { _lock: lock })
-    }
-
-    /// Creates the parents as needed and the store directory itself as 0700.
-    fn ensure_dir(&self) -> Result<(), HostError> {
-        if self.dir.is_dir() {
-            return Ok(());
-        }
-        if let Some(parent) = self.dir.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| HostError::io(format!("create {}", parent.display()), e))?;
-        }
-        match DirBuilder::new().mode(0o700).create(&self.dir) {
-            // Make the new directory's own entry durable, like the records inside it.
-            Ok(()) => match self.dir.parent() {
-                Some(parent) => File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| HostError::io(format!("fsync {}", parent.display()), e)),
-                None => Ok(()),
-            },
-            // Another process won the race.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(HostError::io(format!("create {}", self.dir.display()), e)),
-        }
     }
 }
 
@@ -290,80 +242,6 @@ fn list_keys(dir: &Path, network: Option<&str>) -> Result<Vec<AttachmentKey>, Ho
     }
     keys.sort();
     Ok(keys)
-}
-
-/// Creates `dir` (one level, under an existing store directory) as 0700.
-fn ensure_private_dir(dir: &Path) -> Result<(), HostError> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => match dir.parent() {
-            Some(parent) => sync_dir(parent),
-            None => Ok(()),
-        },
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(HostError::io(format!("create {}", dir.display()), e)),
-    }
-}
-
-/// Makes a rename or unlink in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), HostError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| HostError::io(format!("fsync {}", dir.display()), e))
-}
-
-/// A uniquely named temp file in the store; removed on drop unless persisted.
-struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl TempFile {
-    fn create(dir: &Path) -> Result<Self, HostError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let pid = std::process::id();
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("{TEMP_PREFIX}{pid}-{n}"));
-            // O_EXCL: never write through a file or symlink someone else placed there.
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        file: Some(file),
-                    })
-                }
-                // Left over by a crashed process that had our pid: try the next name.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(HostError::io(format!("create {}", path.display()), e)),
-            }
-        }
-    }
-
-    fn persist(mut self, target: &Path) -> Result<(), HostError> {
-        drop(self.file.take());
-        fs::rename(&self.path, target).map_err(|e| {
-            HostError::io(
-                format!("rename {} to {}", self.path.display(), target.display()),
-                e,
-            )
-        })?;
-        self.path = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -569,21 +447,6 @@ mod tests {
     }
 
     #[test]
-    fn for_plugin_parent() {
-        // `for_plugin` reads WEFT_STATE_DIR; test the pure part so no test mutates the env.
-        assert_eq!(
-            RecordStore::under(Some("/tmp/st".into()), "weft-sriov").dir(),
-            Path::new("/tmp/st/weft-sriov")
-        );
-        for unset in [None, Some("".into())] {
-            assert_eq!(
-                RecordStore::under(unset, "kmesh").dir(),
-                Path::new("/var/lib/cni/kmesh")
-            );
-        }
-    }
-
-    #[test]
     #[should_panic(expected = "plain file name")]
     fn for_plugin_rejects_paths() {
         RecordStore::for_plugin("../etc");
@@ -624,7 +487,7 @@ mod tests {
         let (_t, s) = store();
         let held = s.lock().unwrap();
         let path = s.dir().join(LOCK_FILE);
-        let other = File::open(&path).unwrap();
+        let other = fs::File::open(&path).unwrap();
         use nix::fcntl::{Flock, FlockArg};
         let other = match Flock::lock(other, FlockArg::LockExclusiveNonblock) {
             Ok(_) => panic!("second exclusive lock granted while the first is held"),

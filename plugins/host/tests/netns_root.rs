@@ -9,13 +9,14 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
 };
 
 use host::{
     addresses, link_by_index, link_by_name, links, netns, netns_cookie, run_in_netns,
     veth_peer_in_host, HostError,
 };
+use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 
 /// True if the test can run; false (after printing why) if it should be skipped.
 fn prerequisites(_test: &str) -> bool {
@@ -23,79 +24,30 @@ fn prerequisites(_test: &str) -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let out = integration::proc::command("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    integration::proc::must("ip", args);
 }
 
-/// A named netns (`ip netns add`), deleted on drop together with every link inside it.
-struct Netns {
-    name: String,
-}
+/// The shared netns fixture.
+type Netns = TestNetns;
 
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("weft-host-test-{}-{tag}", std::process::id());
-        ip(&["netns", "add", &name]);
-        Netns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    /// `ip -n <ns> args...`
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = integration::proc::command("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A link in the test's own netns, deleted on drop (deleting one veth end deletes both).
-struct HostLink {
-    name: String,
-}
-
-impl HostLink {
-    /// A host-side name that fits in 15 bytes: `wh<pid>-<tag>`.
-    fn name(tag: &str) -> String {
-        format!("wh{}-{tag}", std::process::id() % 1_000_000)
-    }
-}
-
-impl Drop for HostLink {
-    fn drop(&mut self) {
-        let _ = integration::proc::command("ip")
-            .args(["link", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A veth pair: `host_name` here, `eth0` inside `ns`.
-fn pod_veth(ns: &Netns, tag: &str) -> HostLink {
-    let name = HostLink::name(tag);
+/// A veth pair: a fresh host-side name here, `eth0` inside `ns`.
+fn pod_veth(ns: &Netns, _tag: &str) -> HostLink {
+    // Both ends stay down: the tests look at a link's state as created.
+    let host = HostLink::adopt(&unique_ifname("wh"));
     ip(&[
-        "link", "add", "name", &name, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        "link",
+        "add",
+        "name",
+        host.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
     ]);
-    HostLink { name }
+    host
 }
 
 /// A `sleep` child that lives in `ns`; killed and reaped on drop.
@@ -139,13 +91,13 @@ fn link_lookups_inside_a_netns() {
     if !prerequisites("link_lookups_inside_a_netns") {
         return;
     }
-    let ns = Netns::new("links");
+    let ns = TestNetns::new("wht-links");
     let host_end = pod_veth(&ns, "l");
-    ns.ip(&["link", "set", "eth0", "mtu", "1400", "up"]);
-    ns.ip(&["addr", "add", "10.99.7.2/24", "dev", "eth0"]);
-    ns.ip(&["addr", "add", "fd00:99:7::2/64", "dev", "eth0", "nodad"]);
+    ns.must(&["link", "set", "eth0", "mtu", "1400", "up"]);
+    ns.must(&["addr", "add", "10.99.7.2/24", "dev", "eth0"]);
+    ns.must(&["addr", "add", "fd00:99:7::2/64", "dev", "eth0", "nodad"]);
 
-    let eth0 = link_by_name(Some(&ns.path()), "eth0")
+    let eth0 = link_by_name(Some(ns.path()), "eth0")
         .unwrap()
         .expect("eth0 in the netns");
     assert_eq!(eth0.name, "eth0");
@@ -157,25 +109,25 @@ fn link_lookups_inside_a_netns() {
     assert_eq!(mac, mac.to_lowercase());
     assert!(eth0.link_netnsid.is_some(), "peer is in another netns");
 
-    let host = link_by_name(None, &host_end.name)
+    let host = link_by_name(None, host_end.name())
         .unwrap()
         .expect("host end");
     assert_eq!(eth0.peer_index, Some(host.index));
     assert_eq!(host.peer_index, Some(eth0.index));
     assert!(!host.up);
     assert_eq!(
-        link_by_index(Some(&ns.path()), eth0.index).unwrap(),
+        link_by_index(Some(ns.path()), eth0.index).unwrap(),
         Some(eth0.clone())
     );
 
-    let all = links(Some(&ns.path())).unwrap();
+    let all = links(Some(ns.path())).unwrap();
     let names: Vec<&str> = all.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["lo", "eth0"]);
-    assert!(link_by_name(Some(&ns.path()), &host_end.name)
+    assert!(link_by_name(Some(ns.path()), host_end.name())
         .unwrap()
         .is_none());
 
-    let mut addrs: Vec<String> = addresses(Some(&ns.path()), eth0.index)
+    let mut addrs: Vec<String> = addresses(Some(ns.path()), eth0.index)
         .unwrap()
         .iter()
         .map(|a| a.to_string())
@@ -183,11 +135,14 @@ fn link_lookups_inside_a_netns() {
     addrs.sort();
     assert!(addrs.contains(&"10.99.7.2/24".to_string()), "{addrs:?}");
     assert!(addrs.contains(&"fd00:99:7::2/64".to_string()), "{addrs:?}");
-    let lo_addrs = addresses(Some(&ns.path()), 1).unwrap();
-    assert!(
-        lo_addrs.is_empty(),
-        "lo is down in a fresh netns: {lo_addrs:?}"
-    );
+    // The fixture brings lo up: exactly the loopback addresses, none of eth0's.
+    let mut lo_addrs: Vec<String> = addresses(Some(ns.path()), 1)
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    lo_addrs.sort();
+    assert_eq!(lo_addrs, ["127.0.0.1/8", "::1/128"], "lo of the test netns");
 }
 
 #[test]
@@ -195,25 +150,25 @@ fn veth_peer_found_in_host() {
     if !prerequisites("veth_peer_found_in_host") {
         return;
     }
-    let ns = Netns::new("peer");
+    let ns = TestNetns::new("wht-peer");
     let host_end = pod_veth(&ns, "p");
-    let peer = veth_peer_in_host(&ns.path(), "eth0")
+    let peer = veth_peer_in_host(ns.path(), "eth0")
         .unwrap()
         .expect("host peer");
-    assert_eq!(peer.name, host_end.name);
+    assert_eq!(peer.name, host_end.name());
     assert!(peer.is_veth());
-    let eth0 = link_by_name(Some(&ns.path()), "eth0").unwrap().unwrap();
+    let eth0 = link_by_name(Some(ns.path()), "eth0").unwrap().unwrap();
     assert_eq!(peer.peer_index, Some(eth0.index));
 
     // Absent link: nothing to find. Not a veth: a clear error.
-    assert!(veth_peer_in_host(&ns.path(), "eth9").unwrap().is_none());
-    match veth_peer_in_host(&ns.path(), "lo") {
+    assert!(veth_peer_in_host(ns.path(), "eth9").unwrap().is_none());
+    match veth_peer_in_host(ns.path(), "lo") {
         Err(HostError::NotVeth { name, .. }) => assert_eq!(name, "lo"),
         other => panic!("lo: {other:?}"),
     }
     // Both ends inside the netns: no host peer.
-    ns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-    assert!(veth_peer_in_host(&ns.path(), "va").unwrap().is_none());
+    ns.must(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+    assert!(veth_peer_in_host(ns.path(), "va").unwrap().is_none());
 }
 
 /// The peer of `x` (in netns A) is `y` in netns B, and the host has a decoy veth with y's ifindex
@@ -223,23 +178,34 @@ fn veth_peer_in_other_netns_is_not_mistaken_for_host_link() {
     if !prerequisites("veth_peer_in_other_netns_is_not_mistaken_for_host_link") {
         return;
     }
-    let a = Netns::new("da");
-    let b = Netns::new("db");
-    let c = Netns::new("dc");
+    let a = TestNetns::new("wht-da");
+    let b = TestNetns::new("wht-db");
+    let c = TestNetns::new("wht-dc");
     let base = 100_000 + (std::process::id() % 100_000) * 2;
     let (i1, i2) = (base.to_string(), (base + 1).to_string());
-    a.ip(&[
-        "link", "add", "name", "x", "index", &i1, "type", "veth", "peer", "name", "y", "index",
-        &i2, "netns", &b.name,
+    a.must(&[
+        "link",
+        "add",
+        "name",
+        "x",
+        "index",
+        &i1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "y",
+        "index",
+        &i2,
+        "netns",
+        b.name(),
     ]);
-    let decoy = HostLink {
-        name: HostLink::name("d"),
-    };
+    let decoy = HostLink::adopt(&unique_ifname("wh"));
     ip(&[
         "link",
         "add",
         "name",
-        &decoy.name,
+        decoy.name(),
         "index",
         &i2,
         "type",
@@ -250,19 +216,19 @@ fn veth_peer_in_other_netns_is_not_mistaken_for_host_link() {
         "index",
         &i1,
         "netns",
-        &c.name,
+        c.name(),
     ]);
     let host = link_by_index(None, base + 1).unwrap().expect("decoy");
-    assert_eq!(host.name, decoy.name);
+    assert_eq!(host.name, decoy.name());
     assert_eq!(host.peer_index, Some(base));
-    let x = link_by_name(Some(&a.path()), "x").unwrap().unwrap();
+    let x = link_by_name(Some(a.path()), "x").unwrap().unwrap();
     assert_eq!((x.index, x.peer_index), (base, Some(base + 1)));
 
-    assert!(veth_peer_in_host(&a.path(), "x").unwrap().is_none());
+    assert!(veth_peer_in_host(a.path(), "x").unwrap().is_none());
     // ...while the real pair through C is found.
     assert_eq!(
-        veth_peer_in_host(&c.path(), "z").unwrap().map(|l| l.name),
-        Some(decoy.name.clone())
+        veth_peer_in_host(c.path(), "z").unwrap().map(|l| l.name),
+        Some(decoy.name().to_owned())
     );
 }
 
@@ -271,15 +237,15 @@ fn netns_cookies_identify_namespaces() {
     if !prerequisites("netns_cookies_identify_namespaces") {
         return;
     }
-    let a = Netns::new("ca");
-    let b = Netns::new("cb");
+    let a = TestNetns::new("wht-ca");
+    let b = TestNetns::new("wht-cb");
     let own = netns::current_netns_cookie().unwrap();
-    let ca = netns_cookie(&a.path()).unwrap();
-    let cb = netns_cookie(&b.path()).unwrap();
+    let ca = netns_cookie(a.path()).unwrap();
+    let cb = netns_cookie(b.path()).unwrap();
     assert_ne!(ca, cb);
     assert_ne!(ca, own);
     assert_ne!(cb, own);
-    assert_eq!(netns_cookie(&a.path()).unwrap(), ca, "stable per netns");
+    assert_eq!(netns_cookie(a.path()).unwrap(), ca, "stable per netns");
 
     // The same netns reached through /proc/<pid>/ns/net (podman's form) has the same cookie.
     let child = ChildInNetns::spawn(&a);
@@ -296,10 +262,10 @@ fn run_in_netns_enters_only_its_own_thread() {
     if !prerequisites("run_in_netns_enters_only_its_own_thread") {
         return;
     }
-    let ns = Netns::new("run");
+    let ns = TestNetns::new("wht-run");
     let _host_end = pod_veth(&ns, "r");
     let before = netns::current_netns_cookie().unwrap();
-    let (inside, eth0) = run_in_netns(&ns.path(), || {
+    let (inside, eth0) = run_in_netns(ns.path(), || {
         (
             netns::current_netns_cookie().unwrap(),
             // Netlink without a netns argument runs where the thread is: inside.
@@ -307,7 +273,7 @@ fn run_in_netns_enters_only_its_own_thread() {
         )
     })
     .unwrap();
-    assert_eq!(inside, netns_cookie(&ns.path()).unwrap());
+    assert_eq!(inside, netns_cookie(ns.path()).unwrap());
     assert_ne!(inside, before);
     assert!(eth0.is_some_and(|l| l.is_veth()));
     assert_eq!(netns::current_netns_cookie().unwrap(), before);
@@ -317,7 +283,7 @@ fn run_in_netns_enters_only_its_own_thread() {
 
     // Borrowing from the caller works (scoped thread).
     let wanted = String::from("eth0");
-    let found = run_in_netns(&ns.path(), || {
+    let found = run_in_netns(ns.path(), || {
         link_by_name(None, &wanted).unwrap().map(|l| l.name)
     })
     .unwrap();
@@ -330,9 +296,9 @@ fn deleted_netns_is_netns_missing() {
         return;
     }
     let path = {
-        let ns = Netns::new("gone");
-        assert!(netns::netns_exists(&ns.path()));
-        ns.path()
+        let ns = TestNetns::new("wht-gone");
+        assert!(netns::netns_exists(ns.path()));
+        ns.path().to_path_buf()
     };
     assert!(!netns::netns_exists(&path));
     let e = run_in_netns(&path, || ()).unwrap_err();

@@ -175,9 +175,14 @@ pub fn verify(configured: &bpf::PinRoot, record: &Record) -> Result<Vec<String>>
         problems.push("attachment never completed".to_string());
         return Ok(problems);
     }
+    let tc_filter = |ifindex, priority, handle| {
+        host::link::tc_ingress_filter_exists(None, ifindex, priority, handle)
+            .map_err(std::io::Error::other)
+    };
     match &record.attachment {
         Some(att)
-            if bpf::is_attached(&pin_root, att).map_err(|e| from_bpf("query attachment", e))? => {}
+            if bpf::is_attached(&pin_root, att, tc_filter)
+                .map_err(|e| from_bpf("query attachment", e))? => {}
         _ => problems.push(format!("program not attached to {}", record.host_veth)),
     }
     let (found, enrolled) = if record.is_layout_1() {

@@ -6,7 +6,6 @@
 use crate::config::Mode;
 use conf::{code, Error, Result};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 #[derive(Serialize, Deserialize)]
@@ -42,30 +41,26 @@ pub fn probed(state_dir: &Path) -> Probed {
     {
         return c.features;
     }
-    let f = bpf::probe::features();
+    // The attach probes attach for real: in a netns that exists only for them.
+    let attach = host::netns::run_in_new_netns(bpf::probe::attach_probes)
+        .map_err(|e| tracing::debug!(error = %e, "cannot create a throwaway netns for probes"))
+        .ok();
+    let f = bpf::probe::features(attach);
     let features = Probed {
         tcx: f.tcx,
         clsact: f.clsact,
         redirect_peer: f.redirect_peer,
         bpffs: f.bpffs,
     };
-    // Best effort: a cache we cannot write only costs the next exec another probe.
+    // Best effort: a cache we cannot write only costs the next exec another probe. The state
+    // dir also holds the records: private like them, the file 0600 like them.
     if let Ok(bytes) = serde_json::to_vec(&Cached {
         boot_id: boot,
         features,
     }) {
-        let tmp = state_dir.join(format!(".{CACHE_FILE}.{}", std::process::id()));
-        // Same mode as the record store creates it with: this dir also holds the records.
-        let created = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir);
-        if created.is_ok()
-            && std::fs::write(&tmp, bytes).is_ok()
-            && std::fs::rename(&tmp, &cache).is_err()
-        {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = host::fsio::ensure_private_dir(state_dir).and_then(|()| {
+            host::fsio::write_atomic(state_dir, CACHE_FILE, &bytes, host::fsio::Durability::Cache)
+        });
     }
     features
 }
