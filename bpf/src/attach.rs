@@ -14,7 +14,7 @@ use std::{fs, io};
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-    Link, LinkOrder, TcAttachType,
+    Link, LinkOrder, SchedClassifier, TcAttachType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,74 +76,8 @@ impl Maps {
         }
 
         match mode {
-            Mode::Tcx => {
-                let id = prog
-                    .attach_with_options(
-                        ifname,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::last()),
-                    )
-                    .map_err(|e| Error::program(format!("tcx attach to {ifname}"), e))?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| Error::program("take tcx link", e))?;
-                let link = FdLink::try_from(link).map_err(|e| Error::Io {
-                    context: format!("tcx link on {ifname}"),
-                    source: io::Error::other(e),
-                })?;
-                let pin = root.link_pin(key)?;
-                // Dropping the returned PinnedLink only closes our fd; the pin keeps it attached.
-                link.pin(&pin).map_err(|e| Error::Io {
-                    context: format!("pin tcx link at {}", pin.display()),
-                    source: io::Error::other(e),
-                })?;
-            }
-            Mode::Tc => {
-                match tc::qdisc_add_clsact(ifname) {
-                    Ok(()) => {}
-                    Err(tc::TcError::NetlinkError(e))
-                        if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(Error::program(
-                            format!("add clsact qdisc to {ifname}"),
-                            e.into(),
-                        ))
-                    }
-                }
-                let opts = || {
-                    TcAttachOptions::Netlink(NlOptions {
-                        priority: TC_PRIORITY,
-                        handle: TcHandle::new(0, TC_HANDLE),
-                        classid: None,
-                    })
-                };
-                let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, opts()) {
-                    Ok(id) => id,
-                    // Our filter is already there (retry): replace its program in place.
-                    Err(e) if program_errno(&e) == Some(nix::libc::EEXIST) => {
-                        let existing = SchedClassifierLink::attached(
-                            ifname,
-                            TcAttachType::Ingress,
-                            TC_PRIORITY,
-                            TcHandle::new(0, TC_HANDLE),
-                            None,
-                        )
-                        .map_err(|e| Error::Interface {
-                            name: ifname.to_owned(),
-                            source: e,
-                        })?;
-                        prog.attach_to_link(existing).map_err(|e| {
-                            Error::program(format!("replace tc filter on {ifname}"), e)
-                        })?
-                    }
-                    Err(e) => return Err(Error::program(format!("tc attach to {ifname}"), e)),
-                };
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| Error::program("take tc link", e))?;
-                // Dropping the link would delete the filter; it must outlive this process.
-                std::mem::forget(link);
-            }
+            Mode::Tcx => attach_tcx(prog, &root, ifname, key)?,
+            Mode::Tc => attach_tc(prog, ifname)?,
         }
         tracing::debug!(
             ifname,
@@ -212,6 +146,76 @@ pub fn is_attached(
         Mode::Tc => tc_filter_exists(att.ifindex, TC_PRIORITY, u32::from(TC_HANDLE))
             .map_err(|e| Error::io(format!("query tc filters on {}", att.ifname), e)),
     }
+}
+
+/// A tcx link on `ifname`'s ingress, pinned at `links/<key>`: the pin is the attachment.
+fn attach_tcx(prog: &mut SchedClassifier, root: &PinRoot, ifname: &str, key: &str) -> Result<()> {
+    let id = prog
+        .attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::last()),
+        )
+        .map_err(|e| Error::program(format!("tcx attach to {ifname}"), e))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| Error::program("take tcx link", e))?;
+    let link = FdLink::try_from(link).map_err(|e| Error::Io {
+        context: format!("tcx link on {ifname}"),
+        source: io::Error::other(e),
+    })?;
+    let pin = root.link_pin(key)?;
+    // Dropping the returned PinnedLink only closes our fd; the pin keeps it attached.
+    link.pin(&pin).map_err(|e| Error::Io {
+        context: format!("pin tcx link at {}", pin.display()),
+        source: io::Error::other(e),
+    })?;
+    Ok(())
+}
+
+/// A clsact qdisc (if missing) and weft's cls_bpf filter at its own priority/handle; a filter
+/// already there (a retry) gets its program replaced in place.
+fn attach_tc(prog: &mut SchedClassifier, ifname: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+        Err(e) => {
+            return Err(Error::program(
+                format!("add clsact qdisc to {ifname}"),
+                e.into(),
+            ))
+        }
+    }
+    let opts = TcAttachOptions::Netlink(NlOptions {
+        priority: TC_PRIORITY,
+        handle: TcHandle::new(0, TC_HANDLE),
+        classid: None,
+    });
+    let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, opts) {
+        Ok(id) => id,
+        Err(e) if program_errno(&e) == Some(nix::libc::EEXIST) => {
+            let existing = SchedClassifierLink::attached(
+                ifname,
+                TcAttachType::Ingress,
+                TC_PRIORITY,
+                TcHandle::new(0, TC_HANDLE),
+                None,
+            )
+            .map_err(|e| Error::Interface {
+                name: ifname.to_owned(),
+                source: e,
+            })?;
+            prog.attach_to_link(existing)
+                .map_err(|e| Error::program(format!("replace tc filter on {ifname}"), e))?
+        }
+        Err(e) => return Err(Error::program(format!("tc attach to {ifname}"), e)),
+    };
+    let link = prog
+        .take_link(id)
+        .map_err(|e| Error::program("take tc link", e))?;
+    // Dropping the link would delete the filter; it must outlive this process.
+    std::mem::forget(link);
+    Ok(())
 }
 
 /// Unpin (and so detach) the tcx link of `key`, if any.

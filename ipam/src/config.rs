@@ -20,9 +20,9 @@
 //! config sizes the IPv4 blocks and leaves IPv6 at its default. All ranges of one family must end
 //! up with one size. The file store ignores it.
 
+use crate::error::{IpamError, Result};
 use crate::range::{Family, Range, RangeSpec};
 use conf::result::{Dns, Route};
-use conf::{Error, Result};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -120,22 +120,15 @@ pub struct Config {
     pub store: StoreConfig,
 }
 
-fn bad(msg: String) -> Error {
-    Error::invalid_config(msg)
+fn bad(msg: String) -> IpamError {
+    IpamError::Config(msg)
 }
 
-/// Same rule the CNI spec sets for network names; the name becomes a directory / key segment.
+/// The CNI rule for network names (`conf::env::validate_network_name`), here for `network_name`
+/// and node names, which become directory names and etcd key segments, capped at 200 bytes so
+/// every path built from them stays within NAME_MAX.
 pub fn validate_network_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if name.len() <= 200 && conf::env::validate_network_name(name).is_ok() {
         Ok(())
     } else {
         Err(bad(format!(
@@ -150,112 +143,169 @@ impl Config {
         ipam: &serde_json::Map<String, serde_json::Value>,
         net_name: &str,
     ) -> Result<Config> {
-        let raw: RawIpam = serde_json::from_value(serde_json::Value::Object(ipam.clone()))
-            .map_err(|e| bad(format!("invalid weft-ipam config: {e}")))?;
-        Self::from_raw(raw, net_name)
+        let raw = decode(ipam)?;
+        Ok(Config {
+            network: pool_name(&raw, net_name)?,
+            ranges: ranges(&raw)?,
+            routes: routes(&raw.routes)?,
+            dns: raw.dns,
+            log_file: raw.log_file,
+            log_level: raw.log_level,
+            store: store_config(raw.store.unwrap_or_default())?,
+        })
     }
 
-    fn from_raw(raw: RawIpam, net_name: &str) -> Result<Config> {
-        let network = raw
-            .network_name
-            .clone()
-            .unwrap_or_else(|| net_name.to_string());
+    /// Only where the reservations live (`network_name`/`name` and `store`), for the verbs that
+    /// never allocate: DEL and GC must still work after an operator broke the ranges.
+    pub fn store_only(
+        ipam: &serde_json::Map<String, serde_json::Value>,
+        net_name: &str,
+    ) -> Result<(String, StoreConfig)> {
+        /// Just the two keys: a broken range or route must not stop a DEL.
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Where {
+            network_name: Option<String>,
+            store: Option<RawStore>,
+        }
+        let w: Where = serde_json::from_value(serde_json::Value::Object(ipam.clone()))
+            .map_err(|e| bad(format!("invalid weft-ipam store config: {e}")))?;
+        let network = w.network_name.unwrap_or_else(|| net_name.to_string());
         validate_network_name(&network)?;
+        Ok((network, store_config(w.store.unwrap_or_default())?))
+    }
+}
 
-        let mut raws: Vec<RawRange> = Vec::new();
-        if raw.top.range.is_some() {
-            raws.push(raw.top.clone());
-        } else if raw.top.range_start.is_some()
-            || raw.top.range_end.is_some()
-            || !raw.top.exclude.is_empty()
-        {
-            return Err(bad(
-                "range_start, range_end and exclude need a \"range\"".into()
-            ));
-        }
-        raws.extend(raw.ip_ranges.iter().cloned());
-        if raws.is_empty() {
-            return Err(bad("no address range: set \"range\" or \"ipRanges\"".into()));
-        }
+fn decode(ipam: &serde_json::Map<String, serde_json::Value>) -> Result<RawIpam> {
+    serde_json::from_value(serde_json::Value::Object(ipam.clone()))
+        .map_err(|e| bad(format!("invalid weft-ipam config: {e}")))
+}
 
-        // Top-level gateway: attach it to the first range whose subnet contains it.
-        let mut ranges = Vec::with_capacity(raws.len());
-        let mut top_gw = raw.top.gateway.filter(|_| raw.top.range.is_none());
-        let top_slice = parse_slice(raw.top.node_slice_size.as_ref())?;
-        // The top-level range carries the top-level node_slice_size itself.
-        let mut top_slice_used = raw.top.range.is_some();
-        for (i, rr) in raws.iter().enumerate() {
-            let text = rr
-                .range
-                .clone()
-                .ok_or_else(|| bad(format!("ipRanges entry {i} has no \"range\"")))?;
-            let mut spec = RangeSpec {
-                range: text,
-                range_start: rr.range_start,
-                range_end: rr.range_end,
-                exclude: rr.exclude.clone(),
-                gateway: rr.gateway,
-                slice: parse_slice(rr.node_slice_size.as_ref())?,
-            };
-            if spec.gateway.is_none() {
-                if let Some(gw) = top_gw {
-                    let probe = Range::new(&RangeSpec {
-                        gateway: None,
-                        ..spec.clone()
-                    })?;
-                    if probe.subnet.contains(gw) {
-                        spec.gateway = Some(gw);
-                        top_gw = None;
-                    }
-                }
+/// The pool: `network_name`, else the network's `name`.
+fn pool_name(raw: &RawIpam, net_name: &str) -> Result<String> {
+    let network = raw
+        .network_name
+        .clone()
+        .unwrap_or_else(|| net_name.to_string());
+    validate_network_name(&network)?;
+    Ok(network)
+}
+
+/// The top-level range (if any) and then the `ipRanges` entries, as given.
+fn raw_ranges(raw: &RawIpam) -> Result<Vec<RawRange>> {
+    let mut raws: Vec<RawRange> = Vec::new();
+    if raw.top.range.is_some() {
+        raws.push(raw.top.clone());
+    } else if raw.top.range_start.is_some()
+        || raw.top.range_end.is_some()
+        || !raw.top.exclude.is_empty()
+    {
+        return Err(bad(
+            "range_start, range_end and exclude need a \"range\"".into()
+        ));
+    }
+    raws.extend(raw.ip_ranges.iter().cloned());
+    if raws.is_empty() {
+        return Err(bad("no address range: set \"range\" or \"ipRanges\"".into()));
+    }
+    Ok(raws)
+}
+
+/// Every range validated, with the top-level `gateway` and `node_slice_size` placed where they
+/// belong, and checked against each other.
+fn ranges(raw: &RawIpam) -> Result<Vec<Range>> {
+    let raws = raw_ranges(raw)?;
+    // Top-level gateway: attach it to the first range whose subnet contains it.
+    let mut top_gw = raw.top.gateway.filter(|_| raw.top.range.is_none());
+    let top_slice = parse_slice(raw.top.node_slice_size.as_ref())?;
+    // The top-level range carries the top-level node_slice_size itself.
+    let mut top_slice_used = raw.top.range.is_some();
+    let mut ranges = Vec::with_capacity(raws.len());
+    for (i, rr) in raws.iter().enumerate() {
+        let mut spec = range_spec(i, rr)?;
+        if spec.gateway.is_none() {
+            if let Some(gw) = top_gw.filter(|gw| subnet_of(&spec).is_ok_and(|s| s.contains(*gw))) {
+                spec.gateway = Some(gw);
+                top_gw = None;
             }
-            // A top-level node_slice_size applies to every range it fits (subnet prefix <= n <=
-            // family bits): "/26" sizes the IPv4 ranges of a dual-stack config, and the IPv6
-            // ones keep their default instead of becoming one huge block.
-            if spec.slice.is_none() {
-                if let Some(n) = top_slice {
-                    let probe = Range::new(&RangeSpec {
-                        gateway: None,
-                        ..spec.clone()
-                    })?;
-                    if n >= probe.subnet.prefix() && n <= probe.family().bits() {
-                        spec.slice = Some(n);
-                        top_slice_used = true;
-                    }
-                }
-            }
-            ranges.push(Range::new(&spec)?);
         }
-        if let (Some(n), false) = (top_slice, top_slice_used) {
-            return Err(bad(format!(
-                "node_slice_size /{n} fits none of the configured ranges"
-            )));
-        }
-        if let Some(gw) = top_gw {
-            return Err(bad(format!(
-                "gateway {gw} is not inside any configured range"
-            )));
-        }
-        for (i, a) in ranges.iter().enumerate() {
-            for b in &ranges[i + 1..] {
-                // Blocks are etcd keys by their start: two sizes in one family would overlap.
-                if a.family() == b.family() && a.slice != b.slice {
-                    return Err(bad(format!(
-                        "ranges {}-{} and {}-{} have different node_slice_size (/{} and /{}); one family needs one block size",
-                        a.start, a.end, b.start, b.end, a.slice, b.slice
-                    )));
-                }
-                if a.family() == b.family() && a.contains(b.start) | b.contains(a.start) {
-                    return Err(bad(format!(
-                        "ranges {}-{} and {}-{} overlap: a container would get two addresses from one pool",
-                        a.start, a.end, b.start, b.end
-                    )));
+        // A top-level node_slice_size applies to every range it fits (subnet prefix <= n <=
+        // family bits): "/26" sizes the IPv4 ranges of a dual-stack config, and the IPv6
+        // ones keep their default instead of becoming one huge block.
+        if spec.slice.is_none() {
+            if let Some(n) = top_slice {
+                let subnet = subnet_of(&spec)?;
+                if n >= subnet.prefix() && n <= Family::of(subnet.ip()).bits() {
+                    spec.slice = Some(n);
+                    top_slice_used = true;
                 }
             }
         }
+        ranges.push(Range::new(&spec)?);
+    }
+    if let (Some(n), false) = (top_slice, top_slice_used) {
+        return Err(bad(format!(
+            "node_slice_size /{n} fits none of the configured ranges"
+        )));
+    }
+    if let Some(gw) = top_gw {
+        return Err(bad(format!(
+            "gateway {gw} is not inside any configured range"
+        )));
+    }
+    check_ranges_together(&ranges)?;
+    Ok(ranges)
+}
 
-        let mut routes = Vec::with_capacity(raw.routes.len());
-        for r in &raw.routes {
+fn range_spec(i: usize, rr: &RawRange) -> Result<RangeSpec> {
+    let text = rr
+        .range
+        .clone()
+        .ok_or_else(|| bad(format!("ipRanges entry {i} has no \"range\"")))?;
+    Ok(RangeSpec {
+        range: text,
+        range_start: rr.range_start,
+        range_end: rr.range_end,
+        exclude: rr.exclude.clone(),
+        gateway: rr.gateway,
+        slice: parse_slice(rr.node_slice_size.as_ref())?,
+    })
+}
+
+/// The subnet a spec describes (validated as a range without its gateway).
+fn subnet_of(spec: &RangeSpec) -> Result<IpNetwork> {
+    Ok(Range::new(&RangeSpec {
+        gateway: None,
+        ..spec.clone()
+    })?
+    .subnet)
+}
+
+/// One block size per family (blocks are etcd keys by their start: two sizes would overlap), and
+/// no two ranges of a family overlapping (a container would get two addresses from one pool).
+fn check_ranges_together(ranges: &[Range]) -> Result<()> {
+    for (i, a) in ranges.iter().enumerate() {
+        for b in &ranges[i + 1..] {
+            if a.family() == b.family() && a.slice != b.slice {
+                return Err(bad(format!(
+                    "ranges {}-{} and {}-{} have different node_slice_size (/{} and /{}); one family needs one block size",
+                    a.start, a.end, b.start, b.end, a.slice, b.slice
+                )));
+            }
+            if a.family() == b.family() && a.contains(b.start) | b.contains(a.start) {
+                return Err(bad(format!(
+                    "ranges {}-{} and {}-{} overlap: a container would get two addresses from one pool",
+                    a.start, a.end, b.start, b.end
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn routes(raw: &[RawRoute]) -> Result<Vec<Route>> {
+    raw.iter()
+        .map(|r| {
             let dst = r
                 .dst
                 .as_deref()
@@ -263,26 +313,14 @@ impl Config {
             let dst: IpNetwork = dst
                 .parse()
                 .map_err(|e| bad(format!("route dst {dst:?} is not a CIDR: {e}")))?;
-            if let Some(gw) = r.gw {
-                if Family::of(gw) != Family::of(dst.ip()) {
-                    return Err(bad(format!(
-                        "route {dst} has a gateway {gw} of another address family"
-                    )));
-                }
+            if let Some(gw) = r.gw.filter(|gw| Family::of(*gw) != Family::of(dst.ip())) {
+                return Err(bad(format!(
+                    "route {dst} has a gateway {gw} of another address family"
+                )));
             }
-            routes.push(Route::new(dst, r.gw));
-        }
-
-        Ok(Config {
-            network,
-            ranges,
-            routes,
-            dns: raw.dns,
-            log_file: raw.log_file,
-            log_level: raw.log_level,
-            store: store_config(raw.store.unwrap_or_default())?,
+            Ok(Route::new(dst, r.gw))
         })
-    }
+        .collect()
 }
 
 /// `node_slice_size` as a prefix length: `"/26"`, `"26"` or `26`.
@@ -418,7 +456,7 @@ mod tests {
         assert_eq!(c.ranges[0].gateway, Some("10.2.0.1".parse().unwrap()));
         let e = parse(json!({"ipRanges": [{"range": "10.2.0.0/24"}], "gateway": "10.3.0.1"}))
             .unwrap_err();
-        assert!(e.msg.contains("10.3.0.1"), "{}", e.msg);
+        assert!(e.to_string().contains("10.3.0.1"), "{}", e.to_string());
     }
 
     #[test]
@@ -453,8 +491,12 @@ mod tests {
             (json!({"range_start": "10.0.0.1"}), "need a \"range\""),
         ] {
             let e = parse(v.clone()).unwrap_err();
-            assert_eq!(e.code, 7, "{v}");
-            assert!(e.msg.contains(needle), "{v}: {:?} lacks {needle:?}", e.msg);
+            assert_eq!(e.code(), 7, "{v}");
+            assert!(
+                e.to_string().contains(needle),
+                "{v}: {:?} lacks {needle:?}",
+                e.to_string()
+            );
         }
     }
 
@@ -493,8 +535,12 @@ mod tests {
             ),
         ] {
             let e = parse(v.clone()).unwrap_err();
-            assert_eq!(e.code, 7, "{v}");
-            assert!(e.msg.contains(needle), "{v}: {:?} lacks {needle:?}", e.msg);
+            assert_eq!(e.code(), 7, "{v}");
+            assert!(
+                e.to_string().contains(needle),
+                "{v}: {:?} lacks {needle:?}",
+                e.to_string()
+            );
         }
     }
 

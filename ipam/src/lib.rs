@@ -7,6 +7,7 @@
 //! - [`plugin`]: the CNI verbs, handed to `conf::dispatch::run` by `main.rs`.
 
 pub mod config;
+pub mod error;
 pub mod plugin;
 pub mod range;
 pub mod store;

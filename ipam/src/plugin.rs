@@ -1,10 +1,11 @@
 //! The CNI verbs of weft-ipam. The dispatcher in `conf` has already validated the env, the
 //! container ID, the ifname and the version; this module turns a request into store calls.
 
-use crate::config::{validate_network_name, Config, StoreConfig};
+use crate::config::Config;
+use crate::error::{IpamError, Result};
 use crate::range::Range;
 use crate::store::{self, Claim, Owner, Store};
-use conf::{code, CniResult, Error, IpConfig, Plugin, Request, Result};
+use conf::{code, CniResult, IpConfig, Plugin, Request};
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -17,7 +18,7 @@ fn ipam_object(req: &Request) -> Result<&Map<String, Value>> {
         .conf
         .ipam
         .as_ref()
-        .ok_or_else(|| Error::invalid_config("config has no \"ipam\" section"))?;
+        .ok_or_else(|| IpamError::Config("config has no \"ipam\" section".into()))?;
     // Logs go to ipam.log_file (appended) or stderr, never stdout; default level warn.
     host::logging::init(
         ipam.get("log_level").and_then(Value::as_str),
@@ -35,7 +36,7 @@ fn open_store_and_ranges(req: &Request) -> Result<(Box<dyn Store>, Vec<Range>)> 
     let ipam = ipam_object(req)?;
     let (network, store, ranges) = match Config::from_ipam(ipam, &req.conf.name) {
         Ok(cfg) => (cfg.network, cfg.store, cfg.ranges),
-        Err(e) if e.code == code::INVALID_CONFIG => {
+        Err(e) if e.code() == code::INVALID_CONFIG => {
             let (network, store) = Config::store_only(ipam, &req.conf.name).map_err(|_| e)?;
             (network, store, Vec::new())
         }
@@ -51,19 +52,19 @@ fn open_store(req: &Request) -> Result<Box<dyn Store>> {
 /// The attachment that holds the addresses: this CNI network's `name` (not the pool's
 /// `network_name`, which several networks may share), container ID and ifname.
 fn owner(req: &Request) -> Result<Owner> {
-    req.attachment()
+    Ok(req.attachment()?)
 }
 
 /// Static addresses from `runtimeConfig.ips` (capability `ips`), `args.cni.ips`, and
-/// `CNI_ARGS IP=a,b`. Entries may carry a prefix ("10.1.0.5/24"); only the address counts.
+/// `IP=a,b` (`args.cni.IP`, else `CNI_ARGS`). Entries may carry a prefix ("10.1.0.5/24"); only the address counts.
 fn requested_ips(req: &Request) -> Result<Vec<IpAddr>> {
     let mut texts: Vec<String> = req.conf.runtime::<Vec<String>>("ips")?.unwrap_or_default();
     if let Some(ips) = req.conf.args.as_ref().and_then(|a| a.pointer("/cni/ips")) {
         let list: Vec<String> = serde_json::from_value(ips.clone())
-            .map_err(|e| Error::invalid_config(format!("args.cni.ips: {e}")))?;
+            .map_err(|e| IpamError::Config(format!("args.cni.ips: {e}")))?;
         texts.extend(list);
     }
-    if let Some(ip) = req.env.args.get("IP") {
+    if let Some(ip) = req.arg("IP") {
         texts.extend(
             ip.split(',')
                 .map(|s| s.trim().to_string())
@@ -73,9 +74,9 @@ fn requested_ips(req: &Request) -> Result<Vec<IpAddr>> {
     let mut out: Vec<IpAddr> = Vec::new();
     for t in texts {
         let addr = t.split_once('/').map_or(t.as_str(), |(a, _)| a);
-        let ip: IpAddr = addr.parse().map_err(|_| {
-            Error::invalid_config(format!("requested IP {t:?} is not an IP address"))
-        })?;
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| IpamError::Config(format!("requested IP {t:?} is not an IP address")))?;
         if !out.contains(&ip) {
             out.push(ip);
         }
@@ -94,17 +95,17 @@ fn claims<'a>(ranges: &'a [Range], wanted: &[IpAddr]) -> Result<Vec<Claim<'a>>> 
             .iter_mut()
             .find(|c| c.range.contains(*ip))
             .ok_or_else(|| {
-                Error::invalid_config(format!(
+                IpamError::Config(format!(
                     "requested IP {ip} is not inside any configured range"
                 ))
             })?;
         if claim.range.is_reserved(*ip) {
-            return Err(Error::invalid_config(format!(
+            return Err(IpamError::Config(format!(
                 "requested IP {ip} is reserved (network, broadcast, gateway or exclude)"
             )));
         }
         if let Some(prev) = claim.want.replace(*ip) {
-            return Err(Error::invalid_config(format!(
+            return Err(IpamError::Config(format!(
                 "requested IPs {prev} and {ip} fall in the same range; one address per range"
             )));
         }
@@ -112,8 +113,9 @@ fn claims<'a>(ranges: &'a [Range], wanted: &[IpAddr]) -> Result<Vec<Claim<'a>>> 
     Ok(claims)
 }
 
-impl Plugin for IpamPlugin {
-    fn add(&self, req: &Request) -> Result<CniResult> {
+/// The verbs, in weft-ipam's own error type (codes are decided in `crate::error`).
+impl IpamPlugin {
+    fn add_verb(&self, req: &Request) -> Result<CniResult> {
         let cfg = Config::from_ipam(ipam_object(req)?, &req.conf.name)?;
         let owner = owner(req)?;
         let wanted = requested_ips(req)?;
@@ -139,17 +141,17 @@ impl Plugin for IpamPlugin {
         })
     }
 
-    fn del(&self, req: &Request) -> Result<()> {
+    fn del_verb(&self, req: &Request) -> Result<()> {
         let store = open_store(req)?;
         let freed = store.release(&owner(req)?)?;
         tracing::info!(owner = %owner(req)?, ?freed, "released");
         Ok(())
     }
 
-    fn check(&self, req: &Request) -> Result<()> {
+    fn check_verb(&self, req: &Request) -> Result<()> {
         let owner = owner(req)?;
         let held = open_store(req)?.held(&owner)?;
-        let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
+        let failed = IpamError::CheckFailed;
         if held.is_empty() {
             return Err(failed(format!(
                 "no address is reserved for {owner} in network {}",
@@ -178,20 +180,13 @@ impl Plugin for IpamPlugin {
         Ok(())
     }
 
-    fn status(&self, req: &Request) -> Result<()> {
-        let not_available = |e: Error| {
-            Error::new(
-                code::NOT_AVAILABLE,
-                format!("weft-ipam store not available: {}", e.msg),
-            )
-            .with_details(e.details)
-        };
+    fn status_verb(&self, req: &Request) -> Result<()> {
         open_store_and_ranges(req)
             .and_then(|(s, ranges)| s.status(&ranges))
-            .map_err(not_available)
+            .map_err(IpamError::not_available)
     }
 
-    fn gc(&self, req: &Request) -> Result<()> {
+    fn gc_verb(&self, req: &Request) -> Result<()> {
         let keep = req.conf.valid_attachment_keys()?;
         let freed = open_store(req)?.retain(&req.conf.name, &keep)?;
         tracing::info!(count = freed.len(), ?freed, "gc freed");
@@ -199,20 +194,20 @@ impl Plugin for IpamPlugin {
     }
 }
 
-impl Config {
-    /// Only `network_name`/`name` and `store`, for verbs that never allocate.
-    pub fn store_only(ipam: &Map<String, Value>, net_name: &str) -> Result<(String, StoreConfig)> {
-        let network = match ipam.get("network_name") {
-            Some(Value::String(s)) => s.clone(),
-            _ => net_name.to_string(),
-        };
-        validate_network_name(&network)?;
-        let mut only = Map::new();
-        only.insert("range".into(), "0.0.0.0/0".into());
-        if let Some(s) = ipam.get("store") {
-            only.insert("store".into(), s.clone());
-        }
-        let cfg = Config::from_ipam(&only, &network)?;
-        Ok((network, cfg.store))
+impl Plugin for IpamPlugin {
+    fn add(&self, req: &Request) -> conf::Result<CniResult> {
+        Ok(self.add_verb(req)?)
+    }
+    fn del(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.del_verb(req)?)
+    }
+    fn check(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.check_verb(req)?)
+    }
+    fn status(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.status_verb(req)?)
+    }
+    fn gc(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.gc_verb(req)?)
     }
 }

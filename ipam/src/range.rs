@@ -9,7 +9,7 @@
 //! it touches only the leading run of occupied addresses and never materialises the range. Both
 //! stores call it: the file store with its in-memory map, the etcd store with a key snapshot.
 
-use conf::{Error, Result};
+use crate::error::{IpamError, Result};
 use ipnetwork::IpNetwork;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -122,8 +122,8 @@ pub struct RangeSpec {
     pub slice: Option<u8>,
 }
 
-fn bad(msg: String) -> Error {
-    Error::invalid_config(msg)
+fn bad(msg: String) -> IpamError {
+    IpamError::Config(msg)
 }
 
 /// Parses `a.b.c.d/nn`, `start-end/nn`, or a bare address (as a host route) into
@@ -189,110 +189,155 @@ fn span(net: &IpNetwork) -> (u128, u128) {
     (base, base + size_minus_one)
 }
 
-impl Range {
-    /// Validates a range spec. Every failure is code 7 with the offending value in the message.
-    pub fn new(spec: &RangeSpec) -> Result<Range> {
-        let (subnet, written, dash_end) = parse_range_text(&spec.range)?;
-        let family = Family::of(subnet.ip());
-        let (net_lo, net_hi) = span(&subnet);
-        let inside =
-            |ip: IpAddr| Family::of(ip) == family && (net_lo..=net_hi).contains(&to_u128(ip));
-        let name = spec.range.trim();
+/// The parsed subnet of a spec and what the checks below need of it.
+struct Subnet<'a> {
+    name: &'a str,
+    net: IpNetwork,
+    family: Family,
+    lo: u128,
+    hi: u128,
+}
 
-        // Network address (and the IPv4 broadcast) are never handed out, except in /31, /32,
-        // /127 and /128 where every address is a host address (RFC 3021).
-        let host_bits = family.bits() - subnet.prefix();
-        let mut reserved: Vec<(u128, u128)> = Vec::new();
-        if host_bits >= 2 {
-            reserved.push((net_lo, net_lo));
-            if family == Family::V4 {
-                reserved.push((net_hi, net_hi));
+impl Subnet<'_> {
+    fn contains(&self, ip: IpAddr) -> bool {
+        Family::of(ip) == self.family && (self.lo..=self.hi).contains(&to_u128(ip))
+    }
+
+    fn host_bits(&self) -> u8 {
+        self.family.bits() - self.net.prefix()
+    }
+
+    /// Network address (and the IPv4 broadcast) are never handed out, except in /31, /32, /127
+    /// and /128 where every address is a host address (RFC 3021).
+    fn unusable(&self) -> Vec<(u128, u128)> {
+        let mut out = Vec::new();
+        if self.host_bits() >= 2 {
+            out.push((self.lo, self.lo));
+            if self.family == Family::V4 {
+                out.push((self.hi, self.hi));
             }
         }
+        out
+    }
 
-        // Start: explicit range_start, else the first address of the dash form or the host
-        // address written in the CIDR (whereabouts: "10.0.0.10/24" starts at .10), else the subnet.
-        let start = match (spec.range_start, dash_end, to_u128(written) != net_lo) {
+    /// `[start, end]`: explicit range_start/range_end, else the dash form's ends or the host
+    /// address written in the CIDR (whereabouts: "10.0.0.10/24" starts at .10), else the subnet.
+    fn bounds(
+        &self,
+        spec: &RangeSpec,
+        written: IpAddr,
+        dash_end: Option<IpAddr>,
+    ) -> Result<(IpAddr, IpAddr)> {
+        let start = match (spec.range_start, dash_end, to_u128(written) != self.lo) {
             (Some(s), _, _) => s,
             (None, Some(_), _) | (None, None, true) => written,
-            (None, None, false) => subnet.network(),
+            (None, None, false) => self.net.network(),
         };
         let end = spec
             .range_end
             .or(dash_end)
-            .unwrap_or_else(|| from_u128(family, net_hi));
+            .unwrap_or_else(|| from_u128(self.family, self.hi));
         for (what, ip) in [("range_start", start), ("range_end", end)] {
-            if !inside(ip) {
+            if !self.contains(ip) {
                 return Err(bad(format!(
-                    "{what} {ip} is outside range {name} ({subnet})"
+                    "{what} {ip} is outside range {} ({})",
+                    self.name, self.net
                 )));
             }
         }
-        let (lo, hi) = (to_u128(start), to_u128(end));
-        if lo > hi {
+        if to_u128(start) > to_u128(end) {
             return Err(bad(format!(
-                "range {name}: range_start {start} is after range_end {end}"
+                "range {}: range_start {start} is after range_end {end}",
+                self.name
             )));
         }
+        Ok((start, end))
+    }
 
-        // Gateway: given explicitly, or by default the first host address like host-local and
-        // what the bridge plugin assumes when isGateway is set without one (whereabouts #601).
-        let gateway = match spec.gateway {
-            Some(gw) if !inside(gw) => {
-                return Err(bad(format!(
-                    "gateway {gw} is outside range {name} ({subnet})"
-                )))
-            }
-            Some(gw) => Some(gw),
-            None if host_bits >= 2 => Some(from_u128(family, net_lo + 1)),
-            None => None,
-        };
-        if let Some(gw) = gateway {
-            reserved.push((to_u128(gw), to_u128(gw)));
+    /// Given explicitly, or by default the first host address like host-local and what the
+    /// bridge plugin assumes when isGateway is set without one (whereabouts #601).
+    fn gateway(&self, given: Option<IpAddr>) -> Result<Option<IpAddr>> {
+        match given {
+            Some(gw) if !self.contains(gw) => Err(bad(format!(
+                "gateway {gw} is outside range {} ({})",
+                self.name, self.net
+            ))),
+            Some(gw) => Ok(Some(gw)),
+            None if self.host_bits() >= 2 => Ok(Some(from_u128(self.family, self.lo + 1))),
+            None => Ok(None),
         }
+    }
 
-        for text in &spec.exclude {
-            let (xlo, xhi, xfam) = parse_exclude(text)?;
-            if xfam != family {
-                return Err(bad(format!(
-                    "exclude {text} is not in the address family of range {name}"
-                )));
-            }
-            if xhi < net_lo || xlo > net_hi {
-                return Err(bad(format!(
-                    "exclude {text} does not overlap range {name} ({subnet})"
-                )));
-            }
-            reserved.push((xlo, xhi));
-        }
+    fn excludes(&self, texts: &[String]) -> Result<Vec<(u128, u128)>> {
+        texts
+            .iter()
+            .map(|text| {
+                let (xlo, xhi, xfam) = parse_exclude(text)?;
+                if xfam != self.family {
+                    return Err(bad(format!(
+                        "exclude {text} is not in the address family of range {}",
+                        self.name
+                    )));
+                }
+                if xhi < self.lo || xlo > self.hi {
+                    return Err(bad(format!(
+                        "exclude {text} does not overlap range {} ({})",
+                        self.name, self.net
+                    )));
+                }
+                Ok((xlo, xhi))
+            })
+            .collect()
+    }
 
-        let default_slice = match family {
+    /// `node_slice_size`, or the default (/26, /122; the whole subnet when it is smaller).
+    fn slice(&self, given: Option<u8>) -> Result<u8> {
+        let default = match self.family {
             Family::V4 => DEFAULT_SLICE_V4,
             Family::V6 => DEFAULT_SLICE_V6,
         };
-        let slice = match spec.slice {
-            Some(n) if n < subnet.prefix() || n > family.bits() => {
-                return Err(bad(format!(
-                "node_slice_size /{n} does not fit range {name}: it must be between /{} and /{}",
-                subnet.prefix(),
-                family.bits()
-            )))
-            }
-            Some(n) => n,
-            None => default_slice.max(subnet.prefix()),
-        };
+        match given {
+            Some(n) if n < self.net.prefix() || n > self.family.bits() => Err(bad(format!(
+                "node_slice_size /{n} does not fit range {}: it must be between /{} and /{}",
+                self.name,
+                self.net.prefix(),
+                self.family.bits()
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(default.max(self.net.prefix())),
+        }
+    }
+}
 
+impl Range {
+    /// Validates a range spec. Every failure is code 7 with the offending value in the message.
+    pub fn new(spec: &RangeSpec) -> Result<Range> {
+        let (net, written, dash_end) = parse_range_text(&spec.range)?;
+        let (lo, hi) = span(&net);
+        let subnet = Subnet {
+            name: spec.range.trim(),
+            family: Family::of(net.ip()),
+            net,
+            lo,
+            hi,
+        };
+        let (start, end) = subnet.bounds(spec, written, dash_end)?;
+        let gateway = subnet.gateway(spec.gateway)?;
+        let mut reserved = subnet.unusable();
+        reserved.extend(gateway.map(|gw| (to_u128(gw), to_u128(gw))));
+        reserved.extend(subnet.excludes(&spec.exclude)?);
         let range = Range {
-            subnet,
+            subnet: net,
             start,
             end,
             gateway,
-            reserved: merge_clip(reserved, lo, hi),
-            slice,
+            reserved: merge_clip(reserved, to_u128(start), to_u128(end)),
+            slice: subnet.slice(spec.slice)?,
         };
         if range.lowest_free(std::iter::empty()).is_none() {
             return Err(bad(format!(
-                "range {name} ({start}-{end}) has no usable address: network, broadcast, gateway and exclude cover all of it"
+                "range {} ({start}-{end}) has no usable address: network, broadcast, gateway and exclude cover all of it",
+                subnet.name
             )));
         }
         Ok(range)
@@ -603,11 +648,11 @@ mod tests {
         ];
         for (spec, needle) in cases {
             let e = Range::new(&spec).unwrap_err();
-            assert_eq!(e.code, conf::code::INVALID_CONFIG, "{spec:?}");
+            assert_eq!(e.code(), conf::code::INVALID_CONFIG, "{spec:?}");
             assert!(
-                e.msg.contains(needle),
+                e.to_string().contains(needle),
                 "{:?} should mention {needle:?}",
-                e.msg
+                e.to_string()
             );
         }
     }

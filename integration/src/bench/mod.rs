@@ -1,24 +1,35 @@
-//! Benchmark runner (see shared/design/BENCHMARKS.md): A and B alternate (A B A B …) after one
-//! unmeasured warm-up run each, ≥ 5 pairs, and every figure is a ratio of medians measured in
+//! The benchmark engine (see shared/design/BENCHMARKS.md): A and B alternate (A B A B …) after
+//! one unmeasured warm-up run each, ≥ 5 pairs, and every figure is a ratio of medians measured in
 //! the same run, printed with min–max. Absolute times drift on shared VMs; ratios do not.
 //!
-//! A suite is a module with a `run(opts) -> Result<Vec<Comparison>>`; `weft-bench` maps one
-//! subcommand to each suite and prints the report.
+//! A suite (`suites/*`) only describes its workload: what A and B run and which figures one run
+//! yields (a process's wall time and peak RSS are two figures of one table). `weft-bench` maps one
+//! subcommand to each suite and prints the report with [`render`]; each report ends with one
+//! `name-key: ratio=… (A=…, B=…)` line per figure.
+//!
+//! Suites hold host state (iptables rules, sysctls, BPF pins) whose Drop guards must run on
+//! Ctrl-C: `weft-bench` turns SIGINT/SIGTERM into a stop request (`proc::install_stop_on_signal`)
+//! that kills running children and that [`check_stop`] turns into an error between runs.
 
-pub mod chain;
-pub mod exec;
-pub mod fastpath;
-pub mod ipam;
-pub mod measure;
+pub mod suites;
 
-use std::time::Duration;
+use std::path::PathBuf;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::proc::Usage;
 
 /// The fewest pairs a published figure may rest on.
 pub const MIN_PAIRS: usize = 5;
+
+/// What every suite is given.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Directory holding our built binaries (prefer target/release: that is what ships).
+    pub bin_dir: PathBuf,
+    /// Measured A/B pairs (at least [`MIN_PAIRS`]).
+    pub pairs: usize,
+}
 
 /// Median, min and max of one metric over all runs of one side.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,157 +58,211 @@ impl Stats {
     }
 }
 
-/// One measured metric of a comparison.
+/// Wall time of one process, in ms.
+pub const WALL: Figure = Figure {
+    key: "time",
+    title: "wall time",
+    unit: "ms",
+};
+
+/// Peak RSS of one process, in MiB.
+pub const RSS: Figure = Figure {
+    key: "rss",
+    title: "peak RSS",
+    unit: "MiB",
+};
+
+/// [`WALL`] and [`RSS`] of one process run, in that order.
+pub fn wall_and_rss(u: &Usage) -> Vec<f64> {
+    vec![u.wall.as_secs_f64() * 1e3, u.max_rss_kib as f64 / 1024.0]
+}
+
+/// An error once a stop was requested (Ctrl-C), so `?` unwinds through the guards.
+pub fn check_stop() -> Result<()> {
+    if crate::proc::stop_requested() {
+        bail!("interrupted by a signal");
+    }
+    Ok(())
+}
+
+/// One number measured in every run of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    WallTime,
-    PeakRss,
+pub struct Figure {
+    /// Suffix of the summary line: `<comparison>-<key>: ratio=…`.
+    pub key: &'static str,
+    pub title: &'static str,
+    pub unit: &'static str,
 }
 
-impl Metric {
-    pub const ALL: [Metric; 2] = [Metric::WallTime, Metric::PeakRss];
-
-    fn key(self) -> &'static str {
-        match self {
-            Metric::WallTime => "time",
-            Metric::PeakRss => "rss",
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Metric::WallTime => "wall time",
-            Metric::PeakRss => "peak RSS",
-        }
-    }
-
-    /// The value in display units: milliseconds or MiB.
-    fn value(self, u: &Usage) -> f64 {
-        match self {
-            Metric::WallTime => u.wall.as_secs_f64() * 1e3,
-            Metric::PeakRss => u.max_rss_kib as f64 / 1024.0,
-        }
-    }
-
-    fn unit(self) -> &'static str {
-        match self {
-            Metric::WallTime => "ms",
-            Metric::PeakRss => "MiB",
-        }
-    }
-}
-
-/// A against B over the same number of alternating runs.
+/// A against B: `a[i][f]` is figure `f` of A's i-th measured run.
 #[derive(Debug, Clone)]
-pub struct Comparison {
+pub struct Table {
     pub name: String,
     pub a_label: String,
     pub b_label: String,
-    pub a: Vec<Usage>,
-    pub b: Vec<Usage>,
+    pub figures: Vec<Figure>,
+    pub a: Vec<Vec<f64>>,
+    pub b: Vec<Vec<f64>>,
+    /// Free-form lines printed under the figures (how it was measured, sanity counters).
+    pub notes: Vec<String>,
 }
 
-impl Comparison {
-    pub fn stats(&self, metric: Metric) -> (Stats, Stats) {
-        let values = |runs: &[Usage]| runs.iter().map(|u| metric.value(u)).collect::<Vec<_>>();
-        (Stats::of(&values(&self.a)), Stats::of(&values(&self.b)))
+impl Table {
+    /// Stats of figure `f` for A and for B.
+    pub fn stats(&self, f: usize) -> (Stats, Stats) {
+        let column = |runs: &[Vec<f64>]| runs.iter().map(|r| r[f]).collect::<Vec<_>>();
+        (Stats::of(&column(&self.a)), Stats::of(&column(&self.b)))
     }
 
-    /// median(A) / median(B).
-    pub fn ratio(&self, metric: Metric) -> f64 {
-        let (a, b) = self.stats(metric);
+    /// median(A) / median(B) of figure `f`.
+    pub fn ratio(&self, f: usize) -> f64 {
+        let (a, b) = self.stats(f);
         a.median / b.median
     }
 }
 
-/// Run `a` and `b` alternately: one warm-up each, then `pairs` measured pairs. Each closure runs
-/// the command once (plus any unmeasured setup/teardown it needs) and returns the child's usage;
-/// an error aborts the benchmark (a failing command measures nothing).
+/// Run `a` and `b` alternately: one warm-up each, then `pairs` measured pairs. Each closure
+/// measures one run and returns one value per figure, in `figures` order.
 pub fn alternate<A, B>(
     name: &str,
-    a_label: &str,
-    b_label: &str,
+    (a_label, b_label): (&str, &str),
+    figures: &[Figure],
     pairs: usize,
     mut a: A,
     mut b: B,
-) -> Result<Comparison>
+) -> Result<Table>
 where
-    A: FnMut() -> Result<Usage>,
-    B: FnMut() -> Result<Usage>,
+    A: FnMut() -> Result<Vec<f64>>,
+    B: FnMut() -> Result<Vec<f64>>,
 {
     ensure!(
         pairs >= MIN_PAIRS,
         "need at least {MIN_PAIRS} pairs, got {pairs}"
     );
-    a()?;
-    b()?;
-    let mut cmp = Comparison {
+    let run = |side: &mut dyn FnMut() -> Result<Vec<f64>>| -> Result<Vec<f64>> {
+        check_stop()?;
+        let values = side()?;
+        ensure!(
+            values.len() == figures.len(),
+            "{name}: a run returned {} values for {} figures",
+            values.len(),
+            figures.len()
+        );
+        Ok(values)
+    };
+    run(&mut a)?;
+    run(&mut b)?;
+    let mut table = Table {
         name: name.to_owned(),
         a_label: a_label.to_owned(),
         b_label: b_label.to_owned(),
+        figures: figures.to_vec(),
         a: Vec::with_capacity(pairs),
         b: Vec::with_capacity(pairs),
+        notes: Vec::new(),
     };
     for _ in 0..pairs {
-        cmp.a.push(a()?);
-        cmp.b.push(b()?);
+        table.a.push(run(&mut a)?);
+        table.b.push(run(&mut b)?);
     }
-    Ok(cmp)
+    Ok(table)
 }
 
 fn fmt_stats(s: Stats, unit: &str) -> String {
     format!("{:.2} {unit} [{:.2}–{:.2}]", s.median, s.min, s.max)
 }
 
-/// The table and the summary lines of a report. The summary lines come last, one per comparison
-/// and metric, as `name: ratio=… (A=…, B=…)`.
-pub fn render(title: &str, comparisons: &[Comparison]) -> String {
+/// The tables, then the summary lines (one per table and figure) last.
+pub fn render(title: &str, tables: &[Table]) -> String {
     let mut out = format!("{title} (A and B alternating; median [min–max])\n");
-    for c in comparisons {
+    for t in tables {
         out.push_str(&format!(
-            "\n== {}: A={} B={} ({} pairs)\n",
-            c.name,
-            c.a_label,
-            c.b_label,
-            c.a.len()
+            "\n== {}: ({} pairs)\n   A = {}\n   B = {}\n",
+            t.name,
+            t.a.len(),
+            t.a_label,
+            t.b_label
         ));
-        for m in Metric::ALL {
-            let (a, b) = c.stats(m);
+        for (f, fig) in t.figures.iter().enumerate() {
+            let (a, b) = t.stats(f);
             out.push_str(&format!(
-                "   {:<9}  A {:<28} B {:<28} A/B {:.2}\n",
-                m.title(),
-                fmt_stats(a, m.unit()),
-                fmt_stats(b, m.unit()),
-                c.ratio(m)
+                "   {:<22}  A {:<30} B {:<30} A/B {:.2}\n",
+                fig.title,
+                fmt_stats(a, fig.unit),
+                fmt_stats(b, fig.unit),
+                t.ratio(f)
             ));
+        }
+        for note in &t.notes {
+            out.push_str(&format!("   {note}\n"));
         }
     }
     out.push('\n');
-    for c in comparisons {
-        for m in Metric::ALL {
-            let (a, b) = c.stats(m);
+    for t in tables {
+        for (f, fig) in t.figures.iter().enumerate() {
+            let (a, b) = t.stats(f);
             out.push_str(&format!(
                 "{}-{}: ratio={:.2} (A={:.2}{u}, B={:.2}{u})\n",
-                c.name,
-                m.key(),
-                c.ratio(m),
+                t.name,
+                fig.key,
+                t.ratio(f),
                 a.median,
                 b.median,
-                u = m.unit()
+                u = fig.unit
             ));
         }
     }
     out
 }
 
-/// A `Usage` from a duration and RSS, for callers that measure by other means.
-pub fn usage(wall: Duration, max_rss_kib: u64) -> Usage {
-    Usage { wall, max_rss_kib }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FIGS: [Figure; 2] = [
+        Figure {
+            key: "x",
+            title: "x",
+            unit: "ms",
+        },
+        Figure {
+            key: "y",
+            title: "y",
+            unit: "us",
+        },
+    ];
+
+    #[test]
+    fn alternates_and_renders_summary_last() {
+        let log = std::cell::RefCell::new(String::new());
+        let t = alternate(
+            "t",
+            ("a", "b"),
+            &FIGS,
+            5,
+            || {
+                log.borrow_mut().push('A');
+                Ok(vec![1.0, 30.0])
+            },
+            || {
+                log.borrow_mut().push('B');
+                Ok(vec![4.0, 10.0])
+            },
+        )
+        .unwrap();
+        assert_eq!(*log.borrow(), "AB".repeat(6));
+        assert_eq!(t.a.len(), 5);
+        assert!((t.ratio(0) - 0.25).abs() < 1e-9);
+        let text = render("t", &[t]);
+        let last: Vec<_> = text.lines().rev().take(2).collect();
+        assert_eq!(
+            last,
+            [
+                "t-y: ratio=3.00 (A=30.00us, B=10.00us)",
+                "t-x: ratio=0.25 (A=1.00ms, B=4.00ms)"
+            ]
+        );
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
@@ -207,43 +272,36 @@ mod tests {
     }
 
     #[test]
-    fn alternate_runs_warmup_then_pairs_in_order() {
-        let log = std::cell::RefCell::new(Vec::new());
-        let c = alternate(
-            "t",
-            "a",
-            "b",
-            5,
-            || {
-                log.borrow_mut().push('A');
-                Ok(usage(Duration::from_millis(2), 1024))
-            },
-            || {
-                log.borrow_mut().push('B');
-                Ok(usage(Duration::from_millis(4), 4096))
-            },
-        )
-        .unwrap();
-        assert_eq!(log.borrow().iter().collect::<String>(), "AB".repeat(6));
-        assert_eq!(c.a.len(), 5);
-        assert!((c.ratio(Metric::WallTime) - 0.5).abs() < 1e-9);
-        assert!((c.ratio(Metric::PeakRss) - 0.25).abs() < 1e-9);
-        let text = render("t", &[c]);
-        assert_eq!(
-            text.lines().last(),
-            Some("t-rss: ratio=0.25 (A=1.00MiB, B=4.00MiB)")
-        );
-    }
-
-    #[test]
     fn too_few_pairs_is_refused() {
         let r = alternate(
             "t",
-            "a",
-            "b",
+            ("a", "b"),
+            &FIGS,
             4,
-            || Ok(usage(Duration::ZERO, 0)),
-            || Ok(usage(Duration::ZERO, 0)),
+            || Ok(vec![1.0, 1.0]),
+            || Ok(vec![1.0, 1.0]),
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn wall_and_rss_are_two_figures_of_one_run() {
+        let u = Usage {
+            wall: std::time::Duration::from_millis(2),
+            max_rss_kib: 2048,
+        };
+        assert_eq!(wall_and_rss(&u), vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn wrong_number_of_values_is_an_error() {
+        let r = alternate(
+            "t",
+            ("a", "b"),
+            &FIGS,
+            5,
+            || Ok(vec![1.0]),
+            || Ok(vec![1.0, 2.0]),
         );
         assert!(r.is_err());
     }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use integration::bench::{self, chain, exec, fastpath, measure};
+use integration::bench::suites::{chain, exec, fastpath, ipam};
+use integration::bench::{self, BenchOpts};
 use integration::plugins::workspace_root;
 
 #[derive(Parser)]
@@ -107,57 +108,37 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin_dir = cli.bin_dir.unwrap_or_else(default_bin_dir);
     eprintln!("weft binaries from {}", bin_dir.display());
-    let traffic = |traffic: TrafficArgs, rules: usize| fastpath::TrafficOpts {
+    integration::proc::install_stop_on_signal();
+    let opts = |default_pairs: usize| BenchOpts {
         bin_dir: bin_dir.clone(),
-        pairs: cli.pairs.unwrap_or(7),
+        pairs: cli.pairs.unwrap_or(default_pairs),
+    };
+    let traffic = |traffic: TrafficArgs, rules: usize| fastpath::TrafficOpts {
+        bench: opts(7),
         seconds: traffic.seconds,
         rules,
     };
     let report = match cli.suite {
-        Suite::Exec => bench::render(
-            "weft-bench exec",
-            &exec::run(&exec::ExecOpts {
-                bin_dir,
-                pairs: cli.pairs.unwrap_or(20),
-            })?,
-        ),
-        Suite::Chain => measure::render(
-            "weft-bench chain",
-            &chain::run(&chain::ChainOpts {
-                bin_dir,
-                pairs: cli.pairs.unwrap_or(20),
-            })?,
-        ),
+        Suite::Exec => bench::render("weft-bench exec", &exec::run(&opts(20))?),
+        Suite::Chain => bench::render("weft-bench chain", &chain::run(&opts(20))?),
         Suite::Fast { traffic: t, rules } => {
-            measure::render("weft-bench fast", &fastpath::run_fast(&traffic(t, rules))?)
+            bench::render("weft-bench fast", &fastpath::run_fast(&traffic(t, rules))?)
         }
         Suite::Limit { traffic: t } => {
-            measure::render("weft-bench limit", &fastpath::run_limit(&traffic(t, 0))?)
+            bench::render("weft-bench limit", &fastpath::run_limit(&traffic(t, 0))?)
         }
-        Suite::IpamExec => measure::render(
-            "weft-bench ipam-exec",
-            &bench::ipam::run_exec(&bench::ipam::IpamOpts {
-                bin_dir,
-                pairs: cli.pairs.unwrap_or(20),
-            })?,
-        ),
-        Suite::IpamNode { pods } => measure::render(
+        Suite::IpamExec => bench::render("weft-bench ipam-exec", &ipam::run_exec(&opts(20))?),
+        Suite::IpamNode { pods } => bench::render(
             "weft-bench ipam-node",
-            &bench::ipam::run_node(&bench::ipam::NodeOpts {
-                ipam: bench::ipam::IpamOpts {
-                    bin_dir,
-                    pairs: cli.pairs.unwrap_or(5),
-                },
+            &ipam::run_node(&ipam::NodeOpts {
+                ipam: opts(5),
                 pods,
             })?,
         ),
-        Suite::IpamScale { held, base } => measure::render(
+        Suite::IpamScale { held, base } => bench::render(
             "weft-bench ipam-scale",
-            &bench::ipam::run_scale(&bench::ipam::ScaleOpts {
-                ipam: bench::ipam::IpamOpts {
-                    bin_dir,
-                    pairs: cli.pairs.unwrap_or(20),
-                },
+            &ipam::run_scale(&ipam::ScaleOpts {
+                ipam: opts(20),
                 held,
                 base,
             })?,
@@ -167,7 +148,7 @@ fn main() -> Result<()> {
             nodes,
             per_node,
             timeout_ms,
-        } => bench::ipam::run_cluster(&bench::ipam::ClusterOpts {
+        } => ipam::run_cluster(&ipam::ClusterOpts {
             bin_dir,
             runs,
             nodes,

@@ -14,11 +14,10 @@
 //! blocks (lowest block first, lowest free address in it), or what the node has to get from
 //! etcd first ([`Need`]).
 
-use super::{Claim, Owner, Plan, Pool};
+use super::{text, Claim, Owner, Plan, Pool};
+use crate::error::Result;
 use crate::range::{from_u128, Block, Family};
-use conf::Result;
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// File name of the block list in the node-local store directory.
@@ -98,34 +97,16 @@ pub fn plan(
 }
 
 pub fn render(blocks: &BTreeSet<Block>) -> String {
-    let mut s = String::with_capacity(32 + blocks.len() * 24);
-    s.push_str(HEADER);
-    s.push('\n');
-    for b in blocks {
-        let _ = writeln!(s, "{b}");
-    }
-    let _ = writeln!(s, "end {}", blocks.len());
-    s
+    text::render(HEADER, blocks.iter().map(Block::to_string))
 }
 
 /// Inverse of [`render`]; a missing or wrong trailer is an error, never an empty list.
 pub fn parse(text: &str) -> std::result::Result<BTreeSet<Block>, String> {
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(format!("first line is not {HEADER:?}"));
-    }
-    let mut out = BTreeSet::new();
-    for (n, line) in lines.enumerate() {
-        if let Some(count) = line.strip_prefix("end ") {
-            if count.parse::<usize>() != Ok(out.len()) {
-                return Err(format!("trailer says {count} blocks, found {}", out.len()));
-            }
-            return Ok(out);
-        }
-        let b: Block = line.parse().map_err(|e| format!("line {}: {e}", n + 2))?;
-        out.insert(b);
-    }
-    Err("no trailer (truncated file)".into())
+    let (_, lines) = text::parse(text, &[HEADER])?;
+    lines
+        .into_iter()
+        .map(|(n, line)| line.parse().map_err(|e| format!("line {n}: {e}")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -197,7 +178,7 @@ mod tests {
         assert!(matches!(p, Local::Done(ref p) if p.addrs == [ip("10.0.0.9")]));
         pool.map.insert(ip("10.0.0.9"), owner("a"));
         let e = plan(&pool, &blocks, &owner("b"), &[want("10.0.0.9")]).unwrap_err();
-        assert_eq!(e.code, conf::code::TRY_AGAIN);
+        assert_eq!(e.code(), conf::code::TRY_AGAIN);
         let p = plan(&pool, &blocks, &owner("b"), &[want("10.0.0.77")]).unwrap();
         assert_eq!(
             p,

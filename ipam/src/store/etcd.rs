@@ -70,8 +70,8 @@ use super::blocks::{self, Local, Need, BLOCKS_FILE};
 use super::file::FileStore;
 use super::{Claim, Owner, Pool, Store};
 use crate::config::{validate_network_name, EtcdConfig};
+use crate::error::{IpamError, Result};
 use crate::range::{from_u128, key_hex, parse_key_hex, Block, Family, Range};
-use conf::{code, Error, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use host::lock::{lock_file_within, Locked};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -101,15 +101,15 @@ pub fn node_name() -> Result<String> {
         .map(|n| n.trim().to_string())
         .unwrap_or_default();
     validate_network_name(&name).map_err(|_| {
-        Error::invalid_env(format!(
+        IpamError::Env(format!(
             "node name {name:?} (from NODENAME or hostname) is not a valid key segment"
         ))
     })?;
     Ok(name)
 }
 
-fn etcd_err(e: etcd_client::Error) -> Error {
-    Error::try_again(format!("etcd request failed: {e}"))
+fn etcd_err(e: etcd_client::Error) -> IpamError {
+    IpamError::EtcdUnavailable(format!("etcd request failed: {e}"))
 }
 
 /// Who holds a block, as its etcd value says.
@@ -214,8 +214,8 @@ pub fn check_listing(
 }
 
 /// The code-7 error for keys that conflict with this config, with the way out.
-fn conflict_error(base: &str, r: &Range, conflicts: &[String]) -> Error {
-    Error::invalid_config(format!(
+fn conflict_error(base: &str, r: &Range, conflicts: &[String]) -> IpamError {
+    IpamError::Config(format!(
         "etcd block keys under {base}/blocks/ conflict with this config (range {}-{}, \
          node_slice_size /{}): {}. They were written with another node_slice_size or by \
          something other than weft-ipam. Way out: set node_slice_size back to what the cluster \
@@ -242,7 +242,7 @@ fn check_local_blocks(list: &BTreeSet<Block>, claims: &[Claim<'_>]) -> Result<()
     if bad.is_empty() {
         return Ok(());
     }
-    Err(Error::invalid_config(format!(
+    Err(IpamError::Config(format!(
         "this node holds blocks of another size than node_slice_size says ({}): set \
          node_slice_size back, or drain the network (DEL every pod; GC releases the blocks) \
          before changing it",
@@ -292,13 +292,10 @@ impl EtcdStore {
             return Ok(BTreeSet::new());
         };
         blocks::parse(&text).map_err(|why| {
-            Error::new(
-                code::STATE,
-                format!(
-                    "block list {} is corrupt: {why}",
-                    self.local.dir().join(BLOCKS_FILE).display()
-                ),
-            )
+            IpamError::Corrupt(format!(
+                "block list {} is corrupt: {why}",
+                self.local.dir().join(BLOCKS_FILE).display()
+            ))
         })
     }
 
@@ -311,7 +308,7 @@ impl EtcdStore {
         let path = self.local.dir().join("claim.lock");
         let wait = deadline.saturating_duration_since(Instant::now());
         lock_file_within(&path, wait.max(Duration::from_millis(1)))?.ok_or_else(|| {
-            Error::try_again(format!(
+            IpamError::Busy(format!(
                 "another weft-ipam process of node {} held the block claim lock for {} ms",
                 self.node,
                 self.cfg.timeout.as_millis()
@@ -331,7 +328,7 @@ impl EtcdStore {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::internal(format!("cannot start tokio runtime: {e}")))?;
+            .map_err(|e| IpamError::Internal(format!("cannot start tokio runtime: {e}")))?;
         rt.block_on(async move {
             let work = async move {
                 let client = Client::connect(&endpoints, Some(opts))
@@ -341,7 +338,7 @@ impl EtcdStore {
             };
             match tokio::time::timeout(timeout, work).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::try_again(format!(
+                Err(_) => Err(IpamError::EtcdUnavailable(format!(
                     "etcd at {} did not answer within {} ms",
                     self.cfg.endpoints.join(","),
                     self.cfg.timeout.as_millis()
@@ -359,7 +356,7 @@ impl EtcdStore {
             .with_require_leader(true);
         if let (Some(user), Some(pw_file)) = (&self.cfg.username, &self.cfg.password_file) {
             let pw = std::fs::read_to_string(pw_file).map_err(|e| {
-                Error::invalid_config(format!("store.password_file {}: {e}", pw_file.display()))
+                IpamError::Config(format!("store.password_file {}: {e}", pw_file.display()))
             })?;
             o = o.with_user(user.clone(), pw.trim_end_matches(['\n', '\r']).to_string());
         }
@@ -463,76 +460,80 @@ impl EtcdStore {
         mine: &BTreeSet<Block>,
         deadline: Instant,
     ) -> Result<Vec<Block>> {
-        let mut seed = (std::process::id() as u64) << 32 | 0x9e37_79b9;
         self.run(deadline, |client| async move {
             let mut out: Vec<Block> = Vec::new();
             for need in needs {
-                let r = claims[need.claim].range;
-                let mut raw = self.list_raw(&client, r).await?;
-                let mut attempt = 0u32;
-                loop {
-                    let listing = self.checked(r, &raw)?;
-                    let orphans: Vec<Block> = listing
-                        .iter()
-                        .filter(|(_, h)| h.node == self.node)
-                        .map(|(start, h)| Block {
-                            start: *start,
-                            prefix: h.prefix,
-                        })
-                        .filter(|b| !mine.contains(b) && !out.contains(b))
-                        .collect();
-                    if !orphans.is_empty() {
-                        tracing::warn!(?orphans, "adopting blocks this node holds in etcd but had not listed");
-                        out.extend(orphans);
-                        break;
-                    }
-                    let target = match need.want {
-                        Some(ip) => {
-                            let b = r.block_of(ip);
-                            if let Some(h) = listing.get(&b.start) {
-                                return Err(Error::try_again(format!(
-                                    "requested address {ip} lies in block {b}, which node {} holds; a static address is served by the node holding its block",
-                                    h.node
-                                )));
-                            }
-                            b
-                        }
-                        None => {
-                            let taken: BTreeSet<IpAddr> = listing.keys().copied().collect();
-                            let free = r.free_blocks(&taken, 1 << attempt.min(6));
-                            if free.is_empty() {
-                                return Err(blocks_exhausted(r));
-                            }
-                            free[spread(&mut seed, free.len())]
-                        }
-                    };
-                    let mut kv = client.kv_client();
-                    match kv.txn(self.claim_txn(r, target, &raw)).await {
-                        Ok(resp) if resp.succeeded() => {
-                            tracing::info!(attempt, block = %target, "etcd block claimed");
-                            out.push(target);
-                            break;
-                        }
-                        Ok(resp) => {
-                            tracing::debug!(attempt, block = %target, "block taken or changed, retrying");
-                            raw = Self::raw_keys(resp.op_responses().as_slice());
-                        }
-                        Err(e) if is_permanent(&e) => {
-                            return Err(Error::io(format!("etcd refused the request: {e}")))
-                        }
-                        // Unknown outcome (member died, timeout): a fresh listing tells; a
-                        // claim that did commit shows up as an orphan of ours and is adopted.
-                        Err(e) => {
-                            tracing::debug!("etcd txn error, retrying: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            raw = self.list_raw(&client, r).await?;
-                        }
-                    }
-                    attempt += 1;
-                }
+                let got = self
+                    .claim_one(&client, *need, claims[need.claim].range, mine, &out)
+                    .await?;
+                out.extend(got);
             }
             Ok(out)
         })
+    }
+
+    /// One need: this node's orphans in `r` if it has any (adopted instead of claiming), else
+    /// one block claimed by a transaction, retried on a lost race with a fresh listing.
+    async fn claim_one(
+        &self,
+        client: &Client,
+        need: Need,
+        r: &Range,
+        mine: &BTreeSet<Block>,
+        claimed: &[Block],
+    ) -> Result<Vec<Block>> {
+        let mut seed = (std::process::id() as u64) << 32 | 0x9e37_79b9;
+        let mut raw = self.list_raw(client, r).await?;
+        for attempt in 0u32.. {
+            let listing = self.checked(r, &raw)?;
+            let orphans = self.orphans(&listing, mine, claimed);
+            if !orphans.is_empty() {
+                tracing::warn!(
+                    ?orphans,
+                    "adopting blocks this node holds in etcd but had not listed"
+                );
+                return Ok(orphans);
+            }
+            let target = pick_target(r, need.want, &listing, attempt, &mut seed)?;
+            let mut kv = client.kv_client();
+            match kv.txn(self.claim_txn(r, target, &raw)).await {
+                Ok(resp) if resp.succeeded() => {
+                    tracing::info!(attempt, block = %target, "etcd block claimed");
+                    return Ok(vec![target]);
+                }
+                Ok(resp) => {
+                    tracing::debug!(attempt, block = %target, "block taken or changed, retrying");
+                    raw = Self::raw_keys(resp.op_responses().as_slice());
+                }
+                Err(e) if is_permanent(&e) => return Err(IpamError::EtcdRefused(e.to_string())),
+                // Unknown outcome (member died, timeout): a fresh listing tells; a claim that
+                // did commit shows up as an orphan of ours and is adopted.
+                Err(e) => {
+                    tracing::debug!("etcd txn error, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    raw = self.list_raw(client, r).await?;
+                }
+            }
+        }
+        unreachable!("the attempts never run out; the caller's deadline ends the loop")
+    }
+
+    /// Blocks etcd says this node holds that it does not list (and did not just claim).
+    fn orphans(
+        &self,
+        listing: &BTreeMap<IpAddr, Holder>,
+        mine: &BTreeSet<Block>,
+        claimed: &[Block],
+    ) -> Vec<Block> {
+        listing
+            .iter()
+            .filter(|(_, h)| h.node == self.node)
+            .map(|(start, h)| Block {
+                start: *start,
+                prefix: h.prefix,
+            })
+            .filter(|b| !mine.contains(b) && !claimed.contains(b))
+            .collect()
     }
 
     /// GC's second half: drop this node's empty blocks from the local list, then delete their
@@ -591,14 +592,38 @@ impl EtcdStore {
     }
 }
 
-fn blocks_exhausted(r: &Range) -> Error {
-    Error::new(
-        code::POOL_EXHAUSTED,
-        format!(
-            "address pool {}-{} ({}) is exhausted: this node's blocks are full and no free /{} block is left in the cluster",
-            r.start, r.end, r.subnet, r.slice
-        ),
-    )
+/// The block to claim: the one holding a requested static address (free, or code 11 naming its
+/// holder), or one of the lowest `2^attempt` free blocks picked at random so racing nodes spread.
+fn pick_target(
+    r: &Range,
+    want: Option<IpAddr>,
+    listing: &BTreeMap<IpAddr, Holder>,
+    attempt: u32,
+    seed: &mut u64,
+) -> Result<Block> {
+    if let Some(ip) = want {
+        let b = r.block_of(ip);
+        return match listing.get(&b.start) {
+            Some(h) => Err(IpamError::Busy(format!(
+                "requested address {ip} lies in block {b}, which node {} holds; a static address is served by the node holding its block",
+                h.node
+            ))),
+            None => Ok(b),
+        };
+    }
+    let taken: BTreeSet<IpAddr> = listing.keys().copied().collect();
+    let free = r.free_blocks(&taken, 1 << attempt.min(6));
+    if free.is_empty() {
+        return Err(blocks_exhausted(r));
+    }
+    Ok(free[spread(seed, free.len())])
+}
+
+fn blocks_exhausted(r: &Range) -> IpamError {
+    IpamError::Exhausted(format!(
+        "address pool {}-{} ({}) is exhausted: this node's blocks are full and no free /{} block is left in the cluster",
+        r.start, r.end, r.subnet, r.slice
+    ))
 }
 
 impl Store for EtcdStore {
@@ -639,7 +664,7 @@ impl Store for EtcdStore {
             tracing::debug!(?needs, "node needs blocks from etcd");
             fresh = self.claim_blocks(&needs, claims, &mine, deadline)?;
         }
-        Err(Error::try_again(format!(
+        Err(IpamError::Busy(format!(
             "no block for this ADD after {MAX_ROUNDS} rounds"
         )))
     }
@@ -691,7 +716,7 @@ impl Store for EtcdStore {
 fn tls_options(tls: &crate::config::EtcdTls) -> Result<etcd_client::TlsOptions> {
     let read = |p: &std::path::Path| {
         std::fs::read(p)
-            .map_err(|e| Error::invalid_config(format!("store.tls file {}: {e}", p.display())))
+            .map_err(|e| IpamError::Config(format!("store.tls file {}: {e}", p.display())))
     };
     let mut t = etcd_client::TlsOptions::new();
     if let Some(ca) = &tls.ca {
@@ -701,8 +726,8 @@ fn tls_options(tls: &crate::config::EtcdTls) -> Result<etcd_client::TlsOptions> 
         (Some(c), Some(k)) => t = t.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?)),
         (None, None) => {}
         _ => {
-            return Err(Error::invalid_config(
-                "store.tls needs both cert and key (or neither)",
+            return Err(IpamError::Config(
+                "store.tls needs both cert and key (or neither)".into(),
             ))
         }
     }
@@ -719,9 +744,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if is_permanent(&e) => {
-                return Err(Error::io(format!("etcd refused the request: {e}")))
-            }
+            Err(e) if is_permanent(&e) => return Err(IpamError::EtcdRefused(e.to_string())),
             Err(e) => {
                 tracing::debug!("etcd transient error, retrying: {e}");
                 tokio::time::sleep(delay).await;
@@ -815,7 +838,7 @@ mod tests {
         assert!(check_local_blocks(&ok, &claims).is_ok());
         let old: BTreeSet<Block> = ["10.0.0.16/28".parse().unwrap()].into();
         let e = check_local_blocks(&old, &claims).unwrap_err();
-        assert_eq!(e.code, 7);
-        assert!(e.msg.contains("10.0.0.16/28"), "{}", e.msg);
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("10.0.0.16/28"), "{e}");
     }
 }

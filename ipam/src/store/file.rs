@@ -37,12 +37,11 @@
 //!
 //! Locking is `host::lock` and writing `host::fsio`, shared with the record store.
 
-use super::{Claim, Owner, Pool, Store};
+use super::{text, Claim, Owner, Pool, Store};
 use crate::config::validate_network_name;
-use conf::{code, Error, Result};
+use crate::error::{IpamError, Result};
 use host::lock::{lock_file, Locked};
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
@@ -59,8 +58,8 @@ pub struct FileStore {
     dir: PathBuf,
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(format!("{what} {}: {e}", path.display()))
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> IpamError {
+    IpamError::Io(format!("{what} {}: {e}", path.display()))
 }
 
 impl FileStore {
@@ -98,10 +97,7 @@ impl FileStore {
             Err(e) => return Err(io_err("cannot open", &path, e)),
         };
         parse(&text).map_err(|why| {
-            Error::new(
-                code::STATE,
-                format!("pool file {} is corrupt: {why}", path.display()),
-            )
+            IpamError::Corrupt(format!("pool file {} is corrupt: {why}", path.display()))
         })
     }
 
@@ -211,61 +207,43 @@ fn test_pause() {
 fn test_pause() {}
 
 fn render(pool: &Pool) -> String {
-    let mut s = String::with_capacity(32 + pool.map.len() * 64);
-    s.push_str(HEADER);
-    s.push('\n');
-    for (ip, o) in &pool.map {
+    let lines = pool.map.iter().map(|(ip, o)| {
         let network = o.network().unwrap_or(NO_NETWORK);
-        let _ = writeln!(s, "{ip} {network} {} {}", o.container_id(), o.ifname());
-    }
-    let _ = writeln!(s, "end {}", pool.map.len());
-    s
+        format!("{ip} {network} {} {}", o.container_id(), o.ifname())
+    });
+    text::render(HEADER, lines)
 }
 
 fn parse(text: &str) -> std::result::Result<Pool, String> {
-    let mut lines = text.lines();
-    let v1 = match lines.next() {
-        Some(HEADER) => false,
-        Some(HEADER_V1) => true,
-        _ => return Err(format!("first line is not {HEADER:?} (or {HEADER_V1:?})")),
-    };
+    let (version, lines) = text::parse(text, &[HEADER, HEADER_V1])?;
+    let v1 = version == 1;
     let mut pool = Pool::default();
-    for (n, line) in lines.enumerate() {
-        if let Some(count) = line.strip_prefix("end ") {
-            if count.parse::<usize>() != Ok(pool.map.len()) {
-                return Err(format!(
-                    "trailer says {count} reservations, found {}",
-                    pool.map.len()
-                ));
-            }
-            return Ok(pool);
-        }
+    for (n, line) in lines {
         let fields: Vec<&str> = line.split(' ').collect();
         let (ip, network, cid, ifname) = match (v1, &fields[..]) {
             (true, &[ip, cid, ifname]) => (ip, NO_NETWORK, cid, ifname),
             (false, &[ip, network, cid, ifname]) => (ip, network, cid, ifname),
             _ => {
                 return Err(format!(
-                    "line {}: expected \"<address> {}<containerID> <ifname>\"",
-                    n + 2,
+                    "line {n}: expected \"<address> {}<containerID> <ifname>\"",
                     if v1 { "" } else { "<network> " }
                 ))
             }
         };
         let ip: IpAddr = ip
             .parse()
-            .map_err(|_| format!("line {}: bad address {ip:?}", n + 2))?;
+            .map_err(|_| format!("line {n}: bad address {ip:?}"))?;
         let owner = if network == NO_NETWORK {
             Owner::legacy(cid, ifname)
         } else {
             Owner::new(network, cid, ifname)
         }
-        .map_err(|e| format!("line {}: {}", n + 2, e.msg))?;
+        .map_err(|e| format!("line {n}: {e}"))?;
         if pool.map.insert(ip, owner).is_some() {
-            return Err(format!("line {}: {ip} listed twice", n + 2));
+            return Err(format!("line {n}: {ip} listed twice"));
         }
     }
-    Err("no trailer (truncated file)".into())
+    Ok(pool)
 }
 
 #[cfg(test)]
@@ -343,7 +321,7 @@ mod tests {
         ];
         store.reserve(&owner("a"), &claims).unwrap();
         let e = store.reserve(&owner("b"), &claims).unwrap_err();
-        assert_eq!(e.code, 104);
+        assert_eq!(e.code(), 104);
         assert!(store.held(&owner("b")).unwrap().is_empty());
         assert_eq!(store.list().unwrap().map.len(), 2);
     }
@@ -397,8 +375,8 @@ mod tests {
                 }],
             )
             .unwrap_err();
-        assert_eq!(e.code, code::STATE);
-        assert!(e.msg.contains("truncated"), "{}", e.msg);
+        assert_eq!(e.code(), conf::code::STATE);
+        assert!(e.to_string().contains("truncated"), "{e}");
         assert!(parse("weft-ipam pool v1\n10.0.0.2 a eth0\n10.0.0.2 b eth0\nend 2\n").is_err());
         assert!(parse("weft-ipam pool v1\n10.0.0.2 ../x eth0\nend 1\n").is_err());
         assert!(parse("weft-ipam pool v2\n10.0.0.2 n a eth0\n10.0.0.2 n b eth0\nend 2\n").is_err());

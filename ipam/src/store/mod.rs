@@ -15,10 +15,11 @@ pub mod etcd;
 pub mod file;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod text;
 
 use crate::config::StoreConfig;
+use crate::error::{IpamError, Result};
 use crate::range::Range;
-use conf::{Error, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
@@ -59,8 +60,8 @@ pub fn open(network: &str, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd(e) => Ok(Box::new(etcd::EtcdStore::new(e, network)?)),
         #[cfg(not(feature = "etcd"))]
-        StoreConfig::Etcd(_) => Err(Error::invalid_config(
-            "this weft-ipam was built without the etcd store",
+        StoreConfig::Etcd(_) => Err(IpamError::Config(
+            "this weft-ipam was built without the etcd store".into(),
         )),
     }
 }
@@ -124,13 +125,13 @@ impl Pool {
             .find(|(_, o)| o.answers_to(owner))
             .map(|(ip, _)| *ip);
         match (mine, claim.want) {
-            (Some(have), Some(want)) if have != want => Err(Error::invalid_config(format!(
+            (Some(have), Some(want)) if have != want => Err(IpamError::Config(format!(
                 "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
                 r.start, r.end
             ))),
             (Some(have), _) => Ok(Decision::Held(have)),
             (None, Some(want)) if servable(want) => match self.map.get(&want) {
-                Some(other) => Err(Error::try_again(format!(
+                Some(other) => Err(IpamError::Busy(format!(
                     "requested address {want} is held by another container ({other})"
                 ))),
                 None => Ok(Decision::New(want)),
@@ -221,14 +222,11 @@ impl Pool {
     }
 }
 
-pub fn exhausted(r: &Range) -> Error {
-    Error::new(
-        conf::code::POOL_EXHAUSTED,
-        format!(
-            "address pool {}-{} ({}) is exhausted",
-            r.start, r.end, r.subnet
-        ),
-    )
+pub fn exhausted(r: &Range) -> IpamError {
+    IpamError::Exhausted(format!(
+        "address pool {}-{} ({}) is exhausted",
+        r.start, r.end, r.subnet
+    ))
 }
 
 #[cfg(test)]
@@ -261,7 +259,7 @@ mod tests {
                 }],
             )
             .unwrap_err();
-        assert_eq!(e.code, conf::code::TRY_AGAIN);
+        assert_eq!(e.code(), conf::code::TRY_AGAIN);
     }
 
     #[test]
@@ -279,8 +277,8 @@ mod tests {
                 }],
             )
             .unwrap_err();
-        assert_eq!(e.code, 104);
-        assert!(e.msg.contains("exhausted"), "{}", e.msg);
+        assert_eq!(e.code(), 104);
+        assert!(e.to_string().contains("exhausted"), "{e}");
     }
 
     #[test]

@@ -90,9 +90,9 @@ impl HostError {
 /// - `Io` → 5 (`IO`).
 /// - `CorruptRecord` → 101 (`STATE`).
 /// - netlink, setns, thread, wrong link kind → 100 (`HOST`).
-impl From<HostError> for conf::Error {
-    fn from(e: HostError) -> Self {
-        let code = match &e {
+impl HostError {
+    pub fn code(&self) -> u32 {
+        match self {
             HostError::NetnsMissing { .. } => code::UNKNOWN_CONTAINER,
             HostError::NotANetns { .. } | HostError::InvalidKey { .. } => code::INVALID_ENV,
             HostError::Io { .. } => code::IO,
@@ -101,8 +101,13 @@ impl From<HostError> for conf::Error {
             | HostError::Thread(_)
             | HostError::Netlink { .. }
             | HostError::NotVeth { .. } => code::HOST,
-        };
-        conf::Error::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<HostError> for conf::Error {
+    fn from(e: HostError) -> Self {
+        conf::Error::new(e.code(), e.to_string())
     }
 }
 

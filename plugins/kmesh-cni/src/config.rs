@@ -1,7 +1,8 @@
 //! kmesh-cni's own config keys, and the per-pod decisions derived from them (fast path on or
 //! off, mesh enrolment) without any Kubernetes API call on the ADD path.
 
-use conf::{Request, Result};
+use crate::error::Result;
+use conf::Request;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub struct PodPolicy {
 
 impl KmeshConf {
     pub fn from_request(req: &Request) -> Result<KmeshConf> {
-        req.conf.plugin()
+        Ok(req.conf.plugin()?)
     }
 
     /// Decides fast path and enrolment: pod annotations first, then `CNI_ARGS`, then config.
@@ -86,10 +87,7 @@ impl KmeshConf {
             .runtime(POD_ANNOTATIONS_CAPABILITY)?
             .unwrap_or_default();
         let lookup = |key: &str| -> Option<String> {
-            annotations
-                .get(key)
-                .cloned()
-                .or_else(|| req.env.args.get(key).map(str::to_owned))
+            annotations.get(key).cloned().or_else(|| req.arg(key))
         };
         let enrolled = match lookup(&self.enrol_annotation) {
             Some(v) => v == self.enrol_value,
@@ -187,6 +185,6 @@ mod tests {
             json!({"cniVersion":"1.0.0","name":"n","type":"kmesh-cni","mode":"xdp"}),
             "",
         );
-        assert_eq!(KmeshConf::from_request(&req).unwrap_err().code, 7);
+        assert_eq!(KmeshConf::from_request(&req).unwrap_err().code(), 7);
     }
 }

@@ -1,10 +1,10 @@
 //! Attaching and detaching one pod's fast path: the tc program on its host veth, its entries in
 //! the `endpoints` map and, when enrolled, its `managed` entry. The only module that calls bpf.
 
-use crate::error::from_bpf;
+use crate::error::{KmeshError, Result};
 use crate::pod::PodNet;
 use crate::record::{EndpointEntry, Record, State};
-use conf::{AttachmentKey, Result};
+use conf::AttachmentKey;
 use host::RecordStore;
 
 /// The tcx link pin name for an attachment: readable (container ID prefix) and unique (a hash
@@ -64,25 +64,25 @@ pub fn attach(
     };
     store.write(key, &record)?;
     let result = (|| -> Result<()> {
-        let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
+        let mut maps = bpf::Maps::open_or_create(pin_root).map_err(KmeshError::bpf("open maps"))?;
         // The device entry first: the program looks nothing up for a veth it cannot place
         // in a network, so until then it passes everything.
         maps.devices
             .insert(record.host_ifindex, &record.device())
-            .map_err(|e| from_bpf("insert device", e))?;
+            .map_err(KmeshError::bpf("insert device"))?;
         record.attachment = Some(
             maps.attach(&record.host_veth, mode, &record.attach_key)
-                .map_err(|e| from_bpf("attach", e))?,
+                .map_err(KmeshError::bpf("attach"))?,
         );
         for ep in &record.endpoints {
             maps.endpoints
                 .insert(record.network_id, ep.ip, &ep.to_bpf())
-                .map_err(|e| from_bpf("insert endpoint", e))?;
+                .map_err(KmeshError::bpf("insert endpoint"))?;
         }
         if let Some(cookie) = enrol_cookie {
             maps.managed
                 .insert(cookie, &record.managed())
-                .map_err(|e| from_bpf("enrol", e))?;
+                .map_err(KmeshError::bpf("enrol"))?;
         }
         Ok(())
     })();
@@ -129,40 +129,40 @@ pub fn detach(
         // Crashed between recording intent and attaching: clear whatever may be there.
         None => bpf::detach_key(&pin_root, &record.attach_key, Some(&record.host_veth)),
     }
-    .map_err(|e| from_bpf("detach", e))?;
+    .map_err(KmeshError::bpf("detach"))?;
     store.remove(key)?;
     Ok(())
 }
 
 fn remove_entries(pin_root: &bpf::PinRoot, record: &Record) -> Result<()> {
-    let mut maps = bpf::Maps::open_or_create(pin_root).map_err(|e| from_bpf("open maps", e))?;
+    let mut maps = bpf::Maps::open_or_create(pin_root).map_err(KmeshError::bpf("open maps"))?;
     for ep in &record.endpoints {
         maps.endpoints
             .remove_if_owner(record.network_id, ep.ip, &ep.to_bpf())
-            .map_err(|e| from_bpf("remove endpoint", e))?;
+            .map_err(KmeshError::bpf("remove endpoint"))?;
     }
     if let Some(cookie) = record.netns_cookie {
         maps.managed
             .remove_if_owner(cookie, &record.managed())
-            .map_err(|e| from_bpf("unenrol", e))?;
+            .map_err(KmeshError::bpf("unenrol"))?;
     }
     maps.devices
         .remove_if_owner(record.host_ifindex, &record.device())
-        .map_err(|e| from_bpf("remove device", e))?;
+        .map_err(KmeshError::bpf("remove device"))?;
     Ok(())
 }
 
 /// A record of a release before network scoping: its entries are in the layout-1 maps.
 fn remove_layout_1_entries(pin_root: &bpf::PinRoot, record: &Record) -> Result<()> {
     let mut maps =
-        bpf::LegacyMaps::open(pin_root).map_err(|e| from_bpf("open layout-1 maps", e))?;
+        bpf::LegacyMaps::open(pin_root).map_err(KmeshError::bpf("open layout-1 maps"))?;
     for ep in &record.endpoints {
         maps.remove_endpoint_if_owner(ep.ip, &ep.to_bpf())
-            .map_err(|e| from_bpf("remove endpoint", e))?;
+            .map_err(KmeshError::bpf("remove endpoint"))?;
     }
     if let Some(cookie) = record.netns_cookie {
         maps.remove_managed(cookie)
-            .map_err(|e| from_bpf("unenrol", e))?;
+            .map_err(KmeshError::bpf("unenrol"))?;
     }
     Ok(())
 }
@@ -182,43 +182,43 @@ pub fn verify(configured: &bpf::PinRoot, record: &Record) -> Result<Vec<String>>
     match &record.attachment {
         Some(att)
             if bpf::is_attached(&pin_root, att, tc_filter)
-                .map_err(|e| from_bpf("query attachment", e))? => {}
+                .map_err(KmeshError::bpf("query attachment"))? => {}
         _ => problems.push(format!("program not attached to {}", record.host_veth)),
     }
     let (found, enrolled) = if record.is_layout_1() {
         let maps =
-            bpf::LegacyMaps::open(&pin_root).map_err(|e| from_bpf("open layout-1 maps", e))?;
+            bpf::LegacyMaps::open(&pin_root).map_err(KmeshError::bpf("open layout-1 maps"))?;
         let mut found = Vec::new();
         for ep in &record.endpoints {
             found.push((
                 ep,
                 maps.endpoint(ep.ip)
-                    .map_err(|e| from_bpf("read endpoint", e))?,
+                    .map_err(KmeshError::bpf("read endpoint"))?,
             ));
         }
         let enrolled = match record.netns_cookie {
             Some(cookie) => Some(
                 maps.managed(cookie)
-                    .map_err(|e| from_bpf("read managed", e))?
+                    .map_err(KmeshError::bpf("read managed"))?
                     .is_some(),
             ),
             None => None,
         };
         (found, enrolled)
     } else {
-        let maps = bpf::Maps::open_or_create(&pin_root).map_err(|e| from_bpf("open maps", e))?;
+        let maps = bpf::Maps::open_or_create(&pin_root).map_err(KmeshError::bpf("open maps"))?;
         let mut found = Vec::new();
         for ep in &record.endpoints {
             let got = maps
                 .endpoints
                 .get(record.network_id, ep.ip)
-                .map_err(|e| from_bpf("read endpoint", e))?;
+                .map_err(KmeshError::bpf("read endpoint"))?;
             found.push((ep, got));
         }
         match maps
             .devices
             .get(record.host_ifindex)
-            .map_err(|e| from_bpf("read device", e))?
+            .map_err(KmeshError::bpf("read device"))?
         {
             Some(d) if d == record.device() => {}
             Some(_) => problems.push(format!(
@@ -231,7 +231,7 @@ pub fn verify(configured: &bpf::PinRoot, record: &Record) -> Result<Vec<String>>
             Some(cookie) => Some(
                 maps.managed
                     .get(cookie)
-                    .map_err(|e| from_bpf("read managed", e))?
+                    .map_err(KmeshError::bpf("read managed"))?
                     .is_some(),
             ),
             None => None,

@@ -4,7 +4,7 @@
 //! holds only BPF objects).
 
 use crate::config::Mode;
-use conf::{code, Error, Result};
+use crate::error::{KmeshError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -71,12 +71,7 @@ pub fn choose(wanted: Mode, state_dir: &Path) -> Result<Option<bpf::Mode>> {
         return Ok(None);
     }
     let f = probed(state_dir);
-    let missing = |what: &str| {
-        Error::new(
-            code::HOST,
-            format!("kernel lacks {what} for the kmesh-cni fast path"),
-        )
-    };
+    let missing = KmeshError::KernelLacks;
     if !f.redirect_peer {
         return Err(missing("bpf_redirect_peer"));
     }

@@ -3,14 +3,15 @@
 //! `endpoints` map (and, when enrolled, the `managed` map), and returns prevResult unchanged.
 
 pub mod config;
-mod error;
+pub mod error;
 pub mod fastpath;
 pub mod features;
 pub mod pod;
 pub mod record;
 
-use conf::{code, AttachmentKey, CniResult, Error, Plugin, Request, Result};
+use conf::{AttachmentKey, CniResult, Plugin, Request};
 use config::{FailurePolicy, KmeshConf};
+use error::{KmeshError, Result};
 use host::RecordStore;
 use record::Record;
 
@@ -41,16 +42,17 @@ impl Context {
 /// first in a chain (or alone), which is a config error, not something to paper over.
 fn prev_result(req: &Request) -> Result<CniResult> {
     req.conf.prev_result()?.ok_or_else(|| {
-        Error::invalid_config(
+        KmeshError::Config(
             "kmesh-cni is a chained plugin: it must follow a main plugin (bridge, ptp, ...) \
-             that provides prevResult",
+             that provides prevResult"
+                .into(),
         )
     })
 }
 
 /// The attachment this request is about: records and map entries are scoped to its network.
 fn key(req: &Request) -> Result<AttachmentKey> {
-    req.attachment()
+    Ok(req.attachment()?)
 }
 
 impl KmeshCni {
@@ -92,8 +94,9 @@ impl KmeshCni {
     }
 }
 
-impl Plugin for KmeshCni {
-    fn add(&self, req: &Request) -> Result<CniResult> {
+/// The verbs, in kmesh-cni's own error type (codes are decided in `error`).
+impl KmeshCni {
+    fn add_verb(&self, req: &Request) -> Result<CniResult> {
         let prev = prev_result(req)?;
         let ctx = Context::new(req)?;
         match self.attach(&ctx, req, &prev) {
@@ -109,7 +112,7 @@ impl Plugin for KmeshCni {
     /// Undoes exactly what the record lists. DEL never fails for something already gone, nor
     /// on a missing or unreadable prevResult: a failing DEL stops the runtime from running the
     /// plugins after us, which is how addresses leak (cilium #8313).
-    fn del(&self, req: &Request) -> Result<()> {
+    fn del_verb(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
@@ -119,7 +122,7 @@ impl Plugin for KmeshCni {
         }
     }
 
-    fn check(&self, req: &Request) -> Result<()> {
+    fn check_verb(&self, req: &Request) -> Result<()> {
         let prev = prev_result(req)?;
         let ctx = Context::new(req)?;
         let policy = ctx.conf.pod_policy(req)?;
@@ -128,10 +131,10 @@ impl Plugin for KmeshCni {
         let record = match (record, wanted) {
             (None, false) => return Ok(()),
             (None, true) => {
-                return Err(Error::new(
-                    code::CHECK_FAILED,
-                    "no kmesh-cni attachment for this container",
-                ))
+                return Err(KmeshError::CheckFailed {
+                    msg: "no kmesh-cni attachment for this container".into(),
+                    details: String::new(),
+                })
             }
             (Some(r), _) => r,
         };
@@ -149,10 +152,10 @@ impl Plugin for KmeshCni {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(
-                Error::new(code::CHECK_FAILED, "kmesh-cni attachment differs")
-                    .with_details(problems.join("; ")),
-            )
+            Err(KmeshError::CheckFailed {
+                msg: "kmesh-cni attachment differs".into(),
+                details: problems.join("; "),
+            })
         }
     }
 
@@ -161,13 +164,13 @@ impl Plugin for KmeshCni {
     /// network's records. Legacy records (no network) are adopted when the list names their
     /// interface, removed when their veth vanished, and otherwise left for their own network.
     /// Keeps going past errors.
-    fn gc(&self, req: &Request) -> Result<()> {
+    fn gc_verb(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
         let network = &req.conf.name;
         let valid = req.conf.valid_attachment_keys()?;
         let _lock = ctx.store.lock()?;
         let mut failures = Vec::new();
-        let mut fail = |key: &AttachmentKey, e: Error| failures.push(format!("{key}: {e}"));
+        let mut fail = |key: &AttachmentKey, e: KmeshError| failures.push(format!("{key}: {e}"));
         for key in ctx.store.keys(network)? {
             let record = match ctx.store.read::<Record>(&key) {
                 Ok(Some(r)) => r,
@@ -213,23 +216,40 @@ impl Plugin for KmeshCni {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(
-                Error::new(code::HOST, "GC could not remove every stale attachment")
-                    .with_details(failures.join("; ")),
-            )
+            Err(KmeshError::GcIncomplete {
+                details: failures.join("; "),
+            })
         }
     }
 
     /// Cheap: bpffs and the maps are reachable and the kernel has what the mode needs.
-    fn status(&self, req: &Request) -> Result<()> {
+    fn status_verb(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
-        let not_ready = |e: Error| Error::new(code::NOT_AVAILABLE, e.msg).with_details(e.details);
-        features::choose(ctx.conf.mode, ctx.store.dir()).map_err(not_ready)?;
+        features::choose(ctx.conf.mode, ctx.store.dir()).map_err(KmeshError::not_available)?;
         if ctx.conf.mode != config::Mode::Off {
             bpf::Maps::open_or_create(&ctx.pin_root)
-                .map_err(|e| not_ready(error::from_bpf("open maps", e)))?;
+                .map_err(KmeshError::bpf("open maps"))
+                .map_err(KmeshError::not_available)?;
         }
         Ok(())
+    }
+}
+
+impl Plugin for KmeshCni {
+    fn add(&self, req: &Request) -> conf::Result<CniResult> {
+        Ok(self.add_verb(req)?)
+    }
+    fn del(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.del_verb(req)?)
+    }
+    fn check(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.check_verb(req)?)
+    }
+    fn status(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.status_verb(req)?)
+    }
+    fn gc(&self, req: &Request) -> conf::Result<()> {
+        Ok(self.gc_verb(req)?)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Finding the pod in the main plugin's result and on the host: its interface, addresses and
 //! MAC inside the netns, and the host-side veth peer the tc program attaches to.
 
-use conf::{CniResult, Request, Result};
+use crate::error::{KmeshError, Result};
+use conf::{CniResult, Request};
 use host::{HostError, LinkInfo};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -69,7 +70,7 @@ pub fn discover(
         .env
         .netns
         .clone()
-        .ok_or_else(|| conf::Error::invalid_env("CNI_NETNS missing"))?;
+        .ok_or_else(|| KmeshError::Env("CNI_NETNS missing".into()))?;
     let ifname = &req.env.ifname;
     let Some(ips) = pod_ips(prev, ifname) else {
         return Ok(Err(NotAttachable::NoContainerInterface));
@@ -82,12 +83,8 @@ pub fn discover(
         Ok(None) | Err(HostError::NotVeth { .. }) => return Ok(Err(NotAttachable::NotVeth)),
         Err(e) => return Err(e.into()),
     };
-    let pod_link = host::link_by_name(Some(&netns), ifname)?.ok_or_else(|| {
-        conf::Error::new(
-            conf::code::HOST,
-            format!("{ifname} vanished from {}", netns.display()),
-        )
-    })?;
+    let pod_link = host::link_by_name(Some(&netns), ifname)?
+        .ok_or_else(|| KmeshError::Link(format!("{ifname} vanished from {}", netns.display())))?;
     Ok(Ok(PodNet {
         pod_mac: parse_mac(pod_link.mac.as_deref())?,
         host_mac: parse_mac(host_veth.mac.as_deref())?,
@@ -99,12 +96,7 @@ pub fn discover(
 }
 
 pub fn parse_mac(mac: Option<&str>) -> Result<[u8; 6]> {
-    let bad = || {
-        conf::Error::new(
-            conf::code::HOST,
-            format!("link has no Ethernet MAC ({mac:?})"),
-        )
-    };
+    let bad = || KmeshError::Link(format!("link has no Ethernet MAC ({mac:?})"));
     let mac = mac.ok_or_else(bad)?;
     let mut out = [0u8; 6];
     let mut parts = mac.split(':');

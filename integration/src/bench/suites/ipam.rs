@@ -15,11 +15,9 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::RwLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,19 +26,13 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::measure::{self, check_interrupted, Figure, Table};
-use super::Stats;
+use crate::bench::Stats;
+use crate::bench::{self, check_stop, BenchOpts, Figure, Table};
 use crate::cni::Cnitool;
 use crate::etcd::EtcdCluster;
 use crate::fixtures::netns::TestNetns;
 use crate::plugins::{reference_plugin, CniPath};
 use crate::proc;
-
-pub struct IpamOpts {
-    /// Directory holding our built binaries (target/release: what ships).
-    pub bin_dir: PathBuf,
-    pub pairs: usize,
-}
 
 /// Subnets of the suites (never configured on any interface: IPAM only hands them out).
 const SUBNET_EXEC: &str = "10.242.0.0/24";
@@ -256,65 +248,16 @@ impl Timed {
     }
 }
 
-/// Waits until `child` exits or `limit` passes, without reaping it: poll(2) on a pidfd wakes at
-/// the exit itself, so the wall time has no polling tick in it.
-fn wait_exit(child: &Child, limit: Duration) -> Result<bool> {
-    // SAFETY: pidfd_open on our own child, which is not reaped yet (so its PID is still its
-    // own); the returned descriptor is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    ensure!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd.
-        match unsafe { libc::poll(&mut pfd, 1, timeout) } {
-            0 => return Ok(false),
-            r if r > 0 => return Ok(true),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                ensure!(e.kind() == std::io::ErrorKind::Interrupted, "poll: {e}");
-            }
-        }
-    }
-}
-
-/// Exec `cmd` with `stdin`; SIGKILL (to our own, unreaped child, by PID) past `limit`.
+/// Exec `cmd` with `stdin` through the kit's runner, killed past `limit`.
 fn exec_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Result<Timed> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {cmd:?}"))?;
-    // A config is far below the pipe buffer: this write cannot block. A child that exits
-    // without reading it (EPIPE) is its own business.
-    if let Some(mut pipe) = child.stdin.take() {
-        let _ = pipe.write_all(stdin);
-    }
-    // Results and warnings are small: the child cannot block on a full stdout/stderr pipe
-    // before it exits (and if it did, the limit would end it).
-    let exited = wait_exit(&child, limit)?;
-    let ended = Instant::now();
-    if !exited {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().context("wait for plugin")?;
+    let f = proc::run_bounded(cmd, stdin, Some(limit)).with_context(|| format!("exec {cmd:?}"))?;
     Ok(Timed {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        wall: ended - start,
-        ended,
-        killed: !exited,
+        ok: f.output.success(),
+        stdout: f.output.stdout,
+        stderr: f.output.stderr,
+        wall: f.usage.wall,
+        ended: f.ended,
+        killed: f.killed,
     })
 }
 
@@ -432,8 +375,7 @@ fn run_measured(mut cmd: Command, stdin: &[u8], what: &str) -> Result<(String, p
 /// P1-exec: one pod's IPAM ADD+DEL as whole processes. Each run: cnitool add + del of a conflist
 /// holding only the IPAM (libcni's full path, wall time), then the IPAM exec'd directly for ADD
 /// and DEL (its own wall time and peak RSS, the larger of the two verbs).
-pub fn run_exec(opts: &IpamOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
+pub fn run_exec(opts: &BenchOpts) -> Result<Vec<Table>> {
     ensure!(
         nix::unistd::geteuid().is_root(),
         "P1-exec needs root (netns)"
@@ -476,7 +418,7 @@ pub fn run_exec(opts: &IpamOpts) -> Result<Vec<Table>> {
             a.max_rss_kib.max(d.max_rss_kib) as f64 / 1024.0,
         ])
     };
-    let mut table = measure::alternate(
+    let mut table = bench::alternate(
         "P1-exec",
         (weft.label(), host_local.label()),
         &EXEC_FIGURES,
@@ -497,7 +439,7 @@ pub fn run_exec(opts: &IpamOpts) -> Result<Vec<Table>> {
 // ---- P2-node -----------------------------------------------------------------------------
 
 pub struct NodeOpts {
-    pub ipam: IpamOpts,
+    pub ipam: BenchOpts,
     /// Concurrent ADDs (then DELs) per run.
     pub pods: usize,
 }
@@ -522,7 +464,6 @@ const NODE_FIGURES: [Figure; 3] = [
 
 /// P2-node: `pods` ADDs released at once on one range, then `pods` DELs at once.
 pub fn run_node(opts: &NodeOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
     let pods = opts.pods;
     ensure!(
         (1..=500).contains(&pods),
@@ -564,7 +505,7 @@ pub fn run_node(opts: &NodeOpts) -> Result<Vec<Table>> {
         ensure!(left == 0, "{}: {left} reservations left", ipam.label());
         Ok(vec![ms(add_time), ms(del_time), ms(add_time + del_time)])
     };
-    let mut table = measure::alternate(
+    let mut table = bench::alternate(
         "P2-node",
         (weft.label(), host_local.label()),
         &NODE_FIGURES,
@@ -592,7 +533,7 @@ pub fn run_node(opts: &NodeOpts) -> Result<Vec<Table>> {
 // ---- P4-scale ----------------------------------------------------------------------------
 
 pub struct ScaleOpts {
-    pub ipam: IpamOpts,
+    pub ipam: BenchOpts,
     /// Reservations already in the store on the A side (B holds `base`).
     pub held: usize,
     pub base: usize,
@@ -624,7 +565,6 @@ fn probe(ipam: &Ipam, id: &str) -> Result<Vec<f64>> {
 /// P4-scale: ADD latency with `held` reservations in the store vs `base`, weft-ipam against
 /// itself; host-local's own ratio alongside for comparison.
 pub fn run_scale(opts: &ScaleOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
     ensure!(
         opts.base < opts.held && opts.held <= 2000,
         "need --base < --held <= 2000 ({SUBNET_SCALE} holds 2045)"
@@ -659,7 +599,7 @@ pub fn run_scale(opts: &ScaleOpts) -> Result<Vec<Table>> {
             Kind::Weft => "P4-scale",
             Kind::HostLocal => "P4-scale-host-local",
         };
-        let mut table = measure::alternate(
+        let mut table = bench::alternate(
             name,
             (&a_label, &b_label),
             &SCALE_FIGURES,
@@ -712,7 +652,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// duplicates. Each run uses its own network (key space). No B side exists here: whereabouts
 /// needs a Kubernetes API server, so the summary ratio is p99 over the 100 ms goal.
 pub fn run_cluster(opts: &ClusterOpts) -> Result<String> {
-    measure::install_interrupt_handler();
     ensure!(opts.runs >= 1, "--runs must be at least 1");
     let total = opts.nodes * opts.per_node;
     ensure!(
@@ -747,7 +686,7 @@ pub fn run_cluster(opts: &ClusterOpts) -> Result<String> {
     let mut all_dups = 0usize;
     let mut first_failure = None;
     for run in 1..=opts.runs {
-        check_interrupted()?;
+        check_stop()?;
         let net = format!("p2c-{run}");
         let ipam = Ipam::new(
             Kind::Weft,

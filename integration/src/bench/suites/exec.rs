@@ -6,25 +6,19 @@
 //!   prevResult naming it. Each measured ADD is followed by an unmeasured DEL so both plugins
 //!   start every run from the same state.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::{alternate, Comparison};
+use crate::bench::{self, wall_and_rss, BenchOpts, Table, RSS, WALL};
 use crate::cni::{exec_plugin_measured, PluginEnv};
 use crate::fixtures::bpffs::Isolation;
 use crate::fixtures::netns::{unique_ifname, TestNetns};
 use crate::plugins::{reference_plugin, CniPath};
 use crate::proc::Usage;
 
-pub struct ExecOpts {
-    /// Directory holding our built binaries (prefer target/release: that is what ships).
-    pub bin_dir: PathBuf,
-    pub pairs: usize,
-}
-
-/// Run `bin` once and fail unless it exits 0.
+/// Run `bin` once and fail unless it exits 0; its wall time and peak RSS.
 fn run_ok(bin: &Path, env: &PluginEnv, stdin: &[u8]) -> Result<Usage> {
     let (out, usage) = exec_plugin_measured(bin, env, stdin);
     if !out.success() {
@@ -51,7 +45,10 @@ fn chained_conf(plugin_type: &str, prev_result: &Value, extra: &Value) -> Vec<u8
     serde_json::to_vec(&conf).expect("serialize conf")
 }
 
-pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
+/// A process: wall time and peak RSS of one run, two figures of one table.
+const PROCESS: [bench::Figure; 2] = [WALL, RSS];
+
+pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
     let kmesh = opts.bin_dir.join("kmesh-cni");
     ensure!(
         kmesh.is_file(),
@@ -64,13 +61,13 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
     // VERSION: libcni sends its own newest version on stdin.
     let env = PluginEnv::command("VERSION");
     let stdin = br#"{"cniVersion":"1.0.0"}"#;
-    results.push(alternate(
+    results.push(bench::alternate(
         "exec-version",
-        "kmesh-cni",
-        "tuning",
+        ("kmesh-cni", "tuning"),
+        &PROCESS,
         opts.pairs,
-        || run_ok(&kmesh, &env, stdin),
-        || run_ok(&tuning, &env, stdin),
+        || run_ok(&kmesh, &env, stdin).map(|u| wall_and_rss(&u)),
+        || run_ok(&tuning, &env, stdin).map(|u| wall_and_rss(&u)),
     )?);
 
     // Pass-through ADD (+ unmeasured DEL) in a real netns.
@@ -109,23 +106,23 @@ pub fn run(opts: &ExecOpts) -> Result<Vec<Comparison>> {
     let passthrough_conf = chained_conf("kmesh-cni", &prev, &json!({"mode": "off"}));
     let tuning_conf = chained_conf("tuning", &prev, &json!({}));
     // Pass-through (mode off): the contract path alone, what tuning does too.
-    results.push(alternate(
+    results.push(bench::alternate(
         "exec-add-passthrough",
-        "kmesh-cni",
-        "tuning",
+        ("kmesh-cni", "tuning"),
+        &PROCESS,
         opts.pairs,
-        || add_then_del(&kmesh, &passthrough_conf),
-        || add_then_del(&tuning, &tuning_conf),
+        || add_then_del(&kmesh, &passthrough_conf).map(|u| wall_and_rss(&u)),
+        || add_then_del(&tuning, &tuning_conf).map(|u| wall_and_rss(&u)),
     )?);
     // Full ADD: veth discovery, tcx attach (~10 ms of it is the kernel's tcx link create),
     // map entries, record.
-    results.push(alternate(
+    results.push(bench::alternate(
         "exec-add",
-        "kmesh-cni",
-        "tuning",
+        ("kmesh-cni", "tuning"),
+        &PROCESS,
         opts.pairs,
-        || add_then_del(&kmesh, &kmesh_conf),
-        || add_then_del(&tuning, &tuning_conf),
+        || add_then_del(&kmesh, &kmesh_conf).map(|u| wall_and_rss(&u)),
+        || add_then_del(&tuning, &tuning_conf).map(|u| wall_and_rss(&u)),
     )?);
     Ok(results)
 }

@@ -7,24 +7,17 @@
 //! adjacent runs share the VM's momentary speed, so the difference keeps the plugin's own cost
 //! and drops most of the drift. The figure is median(A extra) / median(B extra).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 use tempfile::TempDir;
 
-use super::measure::{self, Figure, Table};
+use crate::bench::{self, BenchOpts, Figure, Table};
 use crate::cni::{bridge_plugin, conflist, Cnitool};
 use crate::fixtures::bpffs::Isolation;
 use crate::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use crate::plugins::CniPath;
-
-pub struct ChainOpts {
-    /// Directory holding our built binaries (target/release: what ships).
-    pub bin_dir: PathBuf,
-    pub pairs: usize,
-}
 
 const SUBNET: &str = "10.210.0.0/24";
 const NET_BRIDGE: &str = "wb-bridge";
@@ -102,8 +95,7 @@ fn verify_attach(tool: &Cnitool, ns: &TestNetns, iso: &Isolation) -> Result<Stri
     ))
 }
 
-pub fn run(opts: &ChainOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
+pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
     ensure!(
         nix::unistd::geteuid().is_root(),
         "P1-chain needs root (netns)"
@@ -136,7 +128,7 @@ pub fn run(opts: &ChainOpts) -> Result<Vec<Table>> {
         let chain = add_del(&tool, chained, &ns)?;
         Ok(vec![base, chain, chain - base])
     };
-    let mut table = measure::alternate(
+    let mut table = bench::alternate(
         "P1-chain",
         (
             "bridge + host-local, then + kmesh-cni (mode auto)",

@@ -14,8 +14,7 @@
 //! chain, sysctl and server process is owned by a guard, also on error and Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::measure::{self, check_interrupted, Figure, Table};
+use crate::bench::{self, check_stop, BenchOpts, Figure, Table};
 use crate::cni::{bridge_plugin, conflist, Cnitool};
 use crate::fixtures::bpffs::Isolation;
 use crate::fixtures::guards::{KubeRules, Sysctl};
@@ -33,9 +32,7 @@ use crate::plugins::CniPath;
 use crate::proc::{self, cmd};
 
 pub struct TrafficOpts {
-    /// Directory holding our built binaries (target/release: what ships).
-    pub bin_dir: PathBuf,
-    pub pairs: usize,
+    pub bench: BenchOpts,
     /// Length of each iperf3 and each sockperf run.
     pub seconds: u32,
     /// Rules in the kube-proxy-like chain of the second P3-fast scenario; 0 skips it.
@@ -152,7 +149,7 @@ impl Server {
                 "{} not listening after 5 s",
                 argv[0]
             );
-            check_interrupted()?;
+            check_stop()?;
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -173,44 +170,16 @@ fn ns_cmd(ns: &TestNetns, argv: &[&str]) -> proc::Output {
 
 /// Run `argv` inside `ns`, killing it after `limit` (or on Ctrl-C); its stdout and stderr.
 fn run_bounded(ns: &TestNetns, argv: &[&str], limit: Duration) -> Result<(String, String)> {
-    let mut child = ns
-        .command(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let f = proc::run_bounded(&mut ns.command(argv), b"", Some(limit))
         .with_context(|| format!("start {}", argv[0]))?;
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = pipe.read_to_string(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped")));
-    let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline || measure::interrupted() {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let (stdout, stderr) = (
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    );
-    check_interrupted()?;
-    match status {
-        Some(s) if s.success() => Ok((stdout, stderr)),
-        Some(s) => bail!("{} failed ({s}):\n{stdout}\n{stderr}", argv.join(" ")),
-        None => bail!("{} still running after {limit:?}: killed", argv.join(" ")),
+    check_stop()?;
+    if f.killed {
+        bail!("{} still running after {limit:?}: killed", argv.join(" "));
     }
+    if !f.output.success() {
+        bail!("{} failed:\n{}", argv.join(" "), f.output.describe());
+    }
+    Ok((f.output.stdout, f.output.stderr))
 }
 
 /// A client netns and the server it talks to (iperf3 and sockperf running there).
@@ -543,7 +512,6 @@ fn fast_label(mode: &str) -> String {
 
 /// P3-fast: the fast path against bridge alone, without and with kube-proxy-sized rule sets.
 pub fn run_fast(opts: &TrafficOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
     if opts.rules > 0 {
         ensure!(
             Path::new(BR_NF_CALL_IPTABLES).exists(),
@@ -551,7 +519,7 @@ pub fn run_fast(opts: &TrafficOpts) -> Result<Vec<Table>> {
              (modprobe br_netfilter), so the rules scenario cannot run; --rules 0 skips it"
         );
     }
-    let node = Node::new(&opts.bin_dir, "fast")?;
+    let node = Node::new(&opts.bench.bin_dir, "fast")?;
     let fast = node.pods(NET_FAST)?;
     let off = node.pods(NET_OFF)?;
     let mode = node.fast_path_mode()?;
@@ -565,11 +533,11 @@ pub fn run_fast(opts: &TrafficOpts) -> Result<Vec<Table>> {
     let mut tables = Vec::new();
     let scenario = |name: &str, rules: Option<&KubeRules>| -> Result<Table> {
         let (mut ca, mut cb) = (SideCounts::default(), SideCounts::default());
-        let mut table = measure::alternate(
+        let mut table = bench::alternate(
             name,
             (labels.0.as_str(), labels.1.as_str()),
             &FIGURES,
-            opts.pairs,
+            opts.bench.pairs,
             || run_side(&path_a, opts.seconds, &node.pins, rules, &mut ca, true),
             || run_side(&path_b, opts.seconds, &node.pins, rules, &mut cb, false),
         )?;
@@ -610,22 +578,21 @@ pub fn run_fast(opts: &TrafficOpts) -> Result<Vec<Table>> {
 
 /// P3-limit: the fast path against a bare veth pair between the two netns.
 pub fn run_limit(opts: &TrafficOpts) -> Result<Vec<Table>> {
-    measure::install_interrupt_handler();
-    let node = Node::new(&opts.bin_dir, "limit")?;
+    let node = Node::new(&opts.bench.bin_dir, "limit")?;
     let fast = node.pods(NET_FAST)?;
     let mode = node.fast_path_mode()?;
     let veth = bare_veth_pair()?;
     let path_a = TrafficPath::new(&fast[0].ns, &fast[1].ns, &fast[1].ip)?;
     let path_b = TrafficPath::new(&veth[0], &veth[1], VETH_B)?;
     let (mut ca, mut cb) = (SideCounts::default(), SideCounts::default());
-    let mut table = measure::alternate(
+    let mut table = bench::alternate(
         "P3-limit",
         (
             fast_label(&mode).as_str(),
             "a bare veth pair between the two netns (physical limit)",
         ),
         &FIGURES,
-        opts.pairs,
+        opts.bench.pairs,
         || run_side(&path_a, opts.seconds, &node.pins, None, &mut ca, true),
         || run_side(&path_b, opts.seconds, &node.pins, None, &mut cb, false),
     )?;
