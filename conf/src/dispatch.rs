@@ -56,6 +56,40 @@ pub trait Plugin {
     }
 }
 
+/// A plugin written in its own error type. Implement this instead of [`Plugin`]: the blanket
+/// impl turns every error into a CNI error through the plugin's `Into<conf::Error>`, the one
+/// place that plugin decides codes.
+pub trait Verbs {
+    type Error: Into<Error>;
+    fn add(&self, req: &Request) -> std::result::Result<CniResult, Self::Error>;
+    fn del(&self, req: &Request) -> std::result::Result<(), Self::Error>;
+    fn check(&self, req: &Request) -> std::result::Result<(), Self::Error>;
+    fn status(&self, _req: &Request) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
+    fn gc(&self, _req: &Request) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+impl<T: Verbs> Plugin for T {
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        Verbs::add(self, req).map_err(Into::into)
+    }
+    fn del(&self, req: &Request) -> Result<()> {
+        Verbs::del(self, req).map_err(Into::into)
+    }
+    fn check(&self, req: &Request) -> Result<()> {
+        Verbs::check(self, req).map_err(Into::into)
+    }
+    fn status(&self, req: &Request) -> Result<()> {
+        Verbs::status(self, req).map_err(Into::into)
+    }
+    fn gc(&self, req: &Request) -> Result<()> {
+        Verbs::gc(self, req).map_err(Into::into)
+    }
+}
+
 /// Runs one verb against the process environment and stdio, then exits with the CNI exit code.
 pub fn run<P: Plugin>(plugin: &P, about: &str) -> ! {
     let code = run_with(

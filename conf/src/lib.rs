@@ -13,7 +13,7 @@ pub mod result;
 pub mod version;
 
 pub use attachment::AttachmentKey;
-pub use dispatch::{Plugin, Request};
+pub use dispatch::{Plugin, Request, Verbs};
 pub use env::{Command, Env};
 pub use error::{code, Error, Result};
 pub use netconf::{Attachment, NetConf, NetConfList};

@@ -490,14 +490,16 @@ mod tests {
             (json!({"range": 5}), "invalid weft-ipam config"),
             (json!({"range_start": "10.0.0.1"}), "need a \"range\""),
         ] {
-            let e = parse(v.clone()).unwrap_err();
-            assert_eq!(e.code(), 7, "{v}");
-            assert!(
-                e.to_string().contains(needle),
-                "{v}: {:?} lacks {needle:?}",
-                e.to_string()
-            );
+            refused(v, needle);
         }
+    }
+
+    /// `v` is refused with code 7 and a message naming `needle`.
+    fn refused(v: serde_json::Value, needle: &str) {
+        let e = parse(v.clone()).unwrap_err();
+        assert_eq!(e.code(), 7, "{v}");
+        let msg = e.to_string();
+        assert!(msg.contains(needle), "{v}: {msg:?} lacks {needle:?}");
     }
 
     #[test]
@@ -534,13 +536,7 @@ mod tests {
                 "one block size",
             ),
         ] {
-            let e = parse(v.clone()).unwrap_err();
-            assert_eq!(e.code(), 7, "{v}");
-            assert!(
-                e.to_string().contains(needle),
-                "{v}: {:?} lacks {needle:?}",
-                e.to_string()
-            );
+            refused(v, needle);
         }
     }
 

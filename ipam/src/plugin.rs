@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::error::{IpamError, Result};
 use crate::range::Range;
 use crate::store::{self, Claim, Owner, Store};
-use conf::{code, CniResult, IpConfig, Plugin, Request};
+use conf::{code, CniResult, IpConfig, Request, Verbs};
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -113,9 +113,11 @@ fn claims<'a>(ranges: &'a [Range], wanted: &[IpAddr]) -> Result<Vec<Claim<'a>>> 
     Ok(claims)
 }
 
-/// The verbs, in weft-ipam's own error type (codes are decided in `crate::error`).
-impl IpamPlugin {
-    fn add_verb(&self, req: &Request) -> Result<CniResult> {
+/// The verbs, in weft-ipam's own error type (codes are decided in `error`).
+impl Verbs for IpamPlugin {
+    type Error = IpamError;
+
+    fn add(&self, req: &Request) -> Result<CniResult> {
         let cfg = Config::from_ipam(ipam_object(req)?, &req.conf.name)?;
         let owner = owner(req)?;
         let wanted = requested_ips(req)?;
@@ -141,14 +143,14 @@ impl IpamPlugin {
         })
     }
 
-    fn del_verb(&self, req: &Request) -> Result<()> {
+    fn del(&self, req: &Request) -> Result<()> {
         let store = open_store(req)?;
         let freed = store.release(&owner(req)?)?;
         tracing::info!(owner = %owner(req)?, ?freed, "released");
         Ok(())
     }
 
-    fn check_verb(&self, req: &Request) -> Result<()> {
+    fn check(&self, req: &Request) -> Result<()> {
         let owner = owner(req)?;
         let held = open_store(req)?.held(&owner)?;
         let failed = IpamError::CheckFailed;
@@ -180,34 +182,16 @@ impl IpamPlugin {
         Ok(())
     }
 
-    fn status_verb(&self, req: &Request) -> Result<()> {
+    fn status(&self, req: &Request) -> Result<()> {
         open_store_and_ranges(req)
             .and_then(|(s, ranges)| s.status(&ranges))
             .map_err(IpamError::not_available)
     }
 
-    fn gc_verb(&self, req: &Request) -> Result<()> {
+    fn gc(&self, req: &Request) -> Result<()> {
         let keep = req.conf.valid_attachment_keys()?;
         let freed = open_store(req)?.retain(&req.conf.name, &keep)?;
         tracing::info!(count = freed.len(), ?freed, "gc freed");
         Ok(())
-    }
-}
-
-impl Plugin for IpamPlugin {
-    fn add(&self, req: &Request) -> conf::Result<CniResult> {
-        Ok(self.add_verb(req)?)
-    }
-    fn del(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.del_verb(req)?)
-    }
-    fn check(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.check_verb(req)?)
-    }
-    fn status(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.status_verb(req)?)
-    }
-    fn gc(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.gc_verb(req)?)
     }
 }

@@ -33,14 +33,10 @@ fn bridge_with_weft_ipam_every_version_dual_stack() {
     }
     // Debian 12's bridge (plugins 1.1.1) speaks up to 1.0.0; 1.1.0 (and STATUS/GC) is covered by
     // tests/verbs.rs, which execs weft-ipam directly. Ask the bridge rather than hard-coding.
-    let ver = Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("VERSION", "")
-    }
-    .run(bridge_plugin(), &json!({"cniVersion": "0.3.0"}))
-    .ok()
-    .json();
+    let ver = Call::node_wide("VERSION")
+        .run(bridge_plugin(), &json!({"cniVersion": "0.3.0"}))
+        .ok()
+        .json();
     let supported: Vec<&str> = VERSIONS
         .iter()
         .copied()

@@ -217,13 +217,7 @@ fn kill_9_at_random_points_never_duplicates_or_corrupts() {
         .iter()
         .map(|(id, _, _)| json!({"containerID": id, "ifname": "eth0"}))
         .collect();
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("GC", "")
-    }
-    .ipam(&gc)
-    .ok();
+    Call::node_wide("GC").ipam(&gc).ok();
     let pool = store.list().unwrap();
     assert_eq!(
         pool.map.len(),

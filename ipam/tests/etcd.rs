@@ -71,6 +71,18 @@ fn conf(endpoints: &[String], net: &str, timeout_ms: u64, dir: &Path) -> Value {
                               "timeout_ms": timeout_ms, "dir": dir}}})
 }
 
+/// A 3-member cluster, a directory for the simulated nodes' local state, and [`small_conf`] for
+/// `net`; `None` (after the prerequisite report) when etcd is not installed.
+fn small_setup(net: &str, range: &str, slice: u8) -> Option<(Cluster, tempfile::TempDir, Value)> {
+    if !prerequisites() {
+        return None;
+    }
+    let cluster = Cluster::start();
+    let dir = state_dir();
+    let c = small_conf(&cluster.endpoints(), net, range, slice, dir.path());
+    Some((cluster, dir, c))
+}
+
 /// Single-stack `range` with per-node blocks of `/slice`.
 fn small_conf(endpoints: &[String], net: &str, range: &str, slice: u8, dir: &Path) -> Value {
     json!({"cniVersion": "1.1.0", "name": net, "type": "macvlan",
@@ -96,14 +108,10 @@ fn add_on(node: usize, id: &str, c: &Value) -> Out {
 fn gc_all(node: usize, c: &Value) {
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("GC", "")
-    }
-    .env("NODENAME", &format!("node{node}"))
-    .ipam(&gc)
-    .ok();
+    Call::node_wide("GC")
+        .env("NODENAME", &format!("node{node}"))
+        .ipam(&gc)
+        .ok();
 }
 
 /// `nodes` × `per_node` ADDs, all at once, each a separate weft-ipam process.
@@ -298,20 +306,11 @@ fn leader_killed_mid_run_still_no_duplicates() {
 
 #[test]
 fn two_nodes_never_share_a_block() {
-    if !prerequisites() {
-        return;
-    }
-    let cluster = Cluster::start();
-    let tmp = state_dir();
     // /28 blocks (14-16 addresses) and 48 racing ADDs per node: ~4 claims per node, all racing
     // for the lowest free block at the same time.
-    let c = small_conf(
-        &cluster.endpoints(),
-        "share",
-        "10.60.0.0/24",
-        28,
-        tmp.path(),
-    );
+    let Some((cluster, _tmp, c)) = small_setup("share", "10.60.0.0/24", 28) else {
+        return;
+    };
     let seen = assert_unique(&storm(&c, 2, 48, "t", || {}));
     assert_eq!(seen.len(), 96);
     let owners = cluster.blocks("share");
@@ -348,14 +347,11 @@ fn two_nodes_never_share_a_block() {
 
 #[test]
 fn block_exhaustion_is_104_and_gc_frees_blocks_for_other_nodes() {
-    if !prerequisites() {
-        return;
-    }
-    let cluster = Cluster::start();
-    let tmp = state_dir();
     // 10.50.0.0/28 in /30 blocks: .0/30 has .2 .3 (network, gateway), .4/30 and .8/30 four each,
     // .12/30 has .12-.14 (broadcast): 13 addresses in 4 blocks.
-    let c = small_conf(&cluster.endpoints(), "tiny", "10.50.0.0/28", 30, tmp.path());
+    let Some((cluster, _tmp, c)) = small_setup("tiny", "10.50.0.0/28", 30) else {
+        return;
+    };
     let mut got: HashMap<IpAddr, usize> = HashMap::new();
     let mut full = [false, false];
     let mut i = 0;
@@ -400,18 +396,9 @@ fn block_exhaustion_is_104_and_gc_frees_blocks_for_other_nodes() {
 
 #[test]
 fn static_addresses_follow_block_ownership() {
-    if !prerequisites() {
+    let Some((cluster, _tmp, c)) = small_setup("static", "10.70.0.0/24", 26) else {
         return;
-    }
-    let cluster = Cluster::start();
-    let tmp = state_dir();
-    let c = small_conf(
-        &cluster.endpoints(),
-        "static",
-        "10.70.0.0/24",
-        26,
-        tmp.path(),
-    );
+    };
     // A static address in a free block: node0 claims that block and serves it.
     let out = Call::new("ADD", "s1")
         .env("NODENAME", "node0")
@@ -468,14 +455,10 @@ fn etcd_down_local_blocks_still_serve_new_blocks_are_11() {
         "FIGURE etcd down: a node without a block failed with 11 after {:?}: {msg}",
         t.elapsed()
     );
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("STATUS", "")
-    }
-    .env("NODENAME", "node0")
-    .ipam(&c)
-    .err(50);
+    Call::node_wide("STATUS")
+        .env("NODENAME", "node0")
+        .ipam(&c)
+        .err(50);
     // DEL is local and still succeeds.
     Call::new("DEL", "during")
         .env("NODENAME", "node0")
@@ -546,11 +529,7 @@ fn unreachable_etcd_is_code_11_and_status_50() {
         "FIGURE unreachable etcd: ADD failed with code 11 after {:?}: {msg}",
         t.elapsed()
     );
-    let status = Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("STATUS", "")
-    };
+    let status = Call::node_wide("STATUS");
     status.env("NODENAME", "n").ipam(&c).err(50);
 }
 
@@ -593,13 +572,9 @@ fn a_changed_node_slice_size_is_refused_not_served() {
         "code 7 must name the conflicting keys and the way out: {msg}"
     );
     let status = |node: usize, c: &Value| {
-        Call {
-            container_id: String::new(),
-            netns: None,
-            ..Call::new("STATUS", "")
-        }
-        .env("NODENAME", &format!("node{node}"))
-        .ipam(c)
+        Call::node_wide("STATUS")
+            .env("NODENAME", &format!("node{node}"))
+            .ipam(c)
     };
     status(1, &c26).err(50);
     status(2, &c26).err(50);
@@ -638,15 +613,7 @@ fn foreign_or_overlapping_block_keys_are_conflicts_not_free_space() {
             .unwrap();
         assert!(out.status.success(), "etcdctl del: {out:?}");
     };
-    let status = || {
-        Call {
-            container_id: String::new(),
-            netns: None,
-            ..Call::new("STATUS", "")
-        }
-        .env("NODENAME", "node0")
-        .ipam(&c)
-    };
+    let status = || Call::node_wide("STATUS").env("NODENAME", "node0").ipam(&c);
     // A bare "othernode" at 10.231.100.17: not the start of any /26.
     put("4-0ae76411", "othernode");
     let msg = add_on(0, "x1", &c).err(7);

@@ -203,21 +203,11 @@ fn status_and_gc() {
     for id in ["g1", "g2", "g3"] {
         Call::new("ADD", id).ipam(&c).ok();
     }
-    let status = Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("STATUS", "")
-    };
+    let status = Call::node_wide("STATUS");
     assert_eq!(status.ipam(&c).ok().stdout, "");
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "g2", "ifname": "eth0"}]);
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("GC", "")
-    }
-    .ipam(&gc)
-    .ok();
+    Call::node_wide("GC").ipam(&gc).ok();
     let pool = FileStore::new(tmp.path(), "verbs-net")
         .unwrap()
         .list()
@@ -258,13 +248,7 @@ fn gc_of_one_network_never_frees_another_networks_addresses_in_a_shared_pool() {
     assert_eq!(ip(Call::new("ADD", "gb1").ipam(&gb)), "10.231.85.3");
     let mut gc = ga.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "ga1", "ifname": "eth0"}]);
-    Call {
-        container_id: String::new(),
-        netns: None,
-        ..Call::new("GC", "")
-    }
-    .ipam(&gc)
-    .ok();
+    Call::node_wide("GC").ipam(&gc).ok();
     assert_eq!(
         pool_len(tmp.path(), "shared"),
         2,

@@ -13,7 +13,7 @@ use std::{
 
 use bpf::PinRoot;
 use integration::fixtures::bpffs::Isolation;
-use integration::fixtures::netns::TestNetns;
+use integration::fixtures::netns::{veth_pair, TestNetns};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -98,6 +98,21 @@ pub struct Pod {
     pub host_ifindex: u32,
 }
 
+impl Pod {
+    /// A pod whose eth0 in `ns` is wired to `host_if` in `node`: its facts read back.
+    fn wired(ns: TestNetns, node: &TestNetns, host_if: String, v4: &str, v6: Option<&str>) -> Pod {
+        Pod {
+            mac: ns.mac("eth0"),
+            host_mac: node.mac(&host_if),
+            host_ifindex: node.ifindex(&host_if),
+            host_if,
+            v4: v4.parse().unwrap(),
+            v6: v6.map(|a| a.parse().unwrap()),
+            ns,
+        }
+    }
+}
+
 /// Two pods on one "node" (its own netns, so the real host is never touched).
 /// Drop order: pods first, then the node.
 pub struct Topology {
@@ -116,18 +131,7 @@ impl Topology {
         let mk = |tag: &str, host: u8| {
             let ns = TestNetns::new(&format!("wft-{id}-{tag}"));
             let host_if = format!("h{tag}{id}");
-            node.ip(&[
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            veth_pair(Some(&node), &host_if, &ns, "eth0");
             node.ip(&["link", "set", &host_if, "master", &br, "up"]);
             let v4 = format!("10.{net}.0.{host}");
             let v6 = format!("fd{net:02x}::{host}");
@@ -142,15 +146,7 @@ impl Topology {
                 "nodad",
             ]);
             ns.ip(&["link", "set", "eth0", "up"]);
-            Pod {
-                mac: ns.mac("eth0"),
-                host_mac: node.mac(&host_if),
-                host_ifindex: node.ifindex(&host_if),
-                host_if,
-                v4: v4.parse().unwrap(),
-                v6: Some(v6.parse().unwrap()),
-                ns,
-            }
+            Pod::wired(ns, &node, host_if, &v4, Some(&v6))
         };
         let a = mk("a", 1);
         let b = mk("b", 2);
@@ -167,18 +163,7 @@ impl Topology {
         let mk = |tag: &str, host: u8| {
             let ns = TestNetns::new(&format!("wft-{id}-{tag}"));
             let host_if = format!("h{tag}{id}");
-            node.ip(&[
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            veth_pair(Some(&node), &host_if, &ns, "eth0");
             node.ip(&["addr", "add", &format!("{gw}/32"), "dev", &host_if]);
             node.ip(&["link", "set", &host_if, "up"]);
             let v4 = format!("10.{net}.0.{host}");
@@ -203,15 +188,7 @@ impl Topology {
                 "scope",
                 "link",
             ]);
-            Pod {
-                mac: ns.mac("eth0"),
-                host_mac: node.mac(&host_if),
-                host_ifindex: node.ifindex(&host_if),
-                host_if,
-                v4: v4.parse().unwrap(),
-                v6: None,
-                ns,
-            }
+            Pod::wired(ns, &node, host_if, &v4, None)
         };
         let a = mk("a", 1);
         let b = mk("b", 2);

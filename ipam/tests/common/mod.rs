@@ -35,6 +35,16 @@ pub struct Call {
 }
 
 impl Call {
+    /// A verb that names no container (STATUS, GC, VERSION): no CNI_CONTAINERID, CNI_IFNAME
+    /// or CNI_NETNS.
+    pub fn node_wide(command: &str) -> Call {
+        Call {
+            container_id: String::new(),
+            netns: None,
+            ..Call::new(command, "")
+        }
+    }
+
     pub fn new(command: &str, container_id: &str) -> Call {
         Call {
             command: command.into(),

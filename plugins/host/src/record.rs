@@ -258,6 +258,13 @@ mod tests {
         n: u64,
     }
 
+    fn rec(netns: &str, n: u64) -> Rec {
+        Rec {
+            netns: netns.into(),
+            n,
+        }
+    }
+
     fn store() -> (tempfile::TempDir, RecordStore) {
         let tmp = tempfile::tempdir().unwrap();
         let store = RecordStore::new(tmp.path().join("plugin"));
@@ -282,16 +289,10 @@ mod tests {
         let (_t, s) = store();
         let k = key("abc123", "eth0");
         assert_eq!(s.read::<Rec>(&k).unwrap(), None);
-        let r = Rec {
-            netns: "/var/run/netns/x".into(),
-            n: 1,
-        };
+        let r = rec("/var/run/netns/x", 1);
         s.write(&k, &r).unwrap();
         assert_eq!(s.read::<Rec>(&k).unwrap(), Some(r));
-        let r2 = Rec {
-            netns: "/y".into(),
-            n: 2,
-        };
+        let r2 = rec("/y", 2);
         s.write(&k, &r2).unwrap();
         assert_eq!(s.read::<Rec>(&k).unwrap(), Some(r2));
         assert!(s.remove(&k).unwrap());
@@ -303,22 +304,8 @@ mod tests {
     fn no_temp_file_left_and_modes() {
         let (_t, s) = store();
         let k = key("c1", "net1");
-        s.write(
-            &k,
-            &Rec {
-                netns: "a".into(),
-                n: 0,
-            },
-        )
-        .unwrap();
-        s.write(
-            &k,
-            &Rec {
-                netns: "b".into(),
-                n: 1,
-            },
-        )
-        .unwrap();
+        s.write(&k, &rec("a", 0)).unwrap();
+        s.write(&k, &rec("b", 1)).unwrap();
         assert_eq!(dir_names(&s), vec!["net1".to_string()]);
         assert_eq!(s.keys("net1").unwrap(), vec![k.clone()]);
         let mode = fs::metadata(s.path(&k)).unwrap().permissions().mode() & 0o777;
@@ -339,14 +326,7 @@ mod tests {
         }
         let (_t, s) = store();
         let k = key("c1", "eth0");
-        s.write(
-            &k,
-            &Rec {
-                netns: "old".into(),
-                n: 7,
-            },
-        )
-        .unwrap();
+        s.write(&k, &rec("old", 7)).unwrap();
         assert!(s.write(&k, &Bad).is_err());
         assert_eq!(s.keys("net1").unwrap(), vec![k.clone()]);
         assert_eq!(fs::read_dir(s.dir().join("net1")).unwrap().count(), 1);
@@ -357,14 +337,7 @@ mod tests {
     fn corrupt_record_is_state_error() {
         let (_t, s) = store();
         let k = key("c1", "eth0");
-        s.write(
-            &k,
-            &Rec {
-                netns: "a".into(),
-                n: 0,
-            },
-        )
-        .unwrap();
+        s.write(&k, &rec("a", 0)).unwrap();
         fs::write(s.path(&k), b"{\"netns\": \"a\", \"n\"").unwrap();
         let e = s.read::<Rec>(&k).unwrap_err();
         assert!(matches!(e, HostError::CorruptRecord { .. }), "{e}");

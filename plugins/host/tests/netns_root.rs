@@ -16,7 +16,7 @@ use host::{
     addresses, link_by_index, link_by_name, links, netns, netns_cookie, run_in_netns,
     veth_peer_in_host, HostError,
 };
-use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
+use integration::fixtures::netns::{unique_ifname, veth_pair, HostLink, TestNetns};
 
 /// True if the test can run; false (after printing why) if it should be skipped.
 fn prerequisites(_test: &str) -> bool {
@@ -33,21 +33,7 @@ type Netns = TestNetns;
 /// A veth pair: a fresh host-side name here, `eth0` inside `ns`.
 fn pod_veth(ns: &Netns, _tag: &str) -> HostLink {
     // Both ends stay down: the tests look at a link's state as created.
-    let host = HostLink::adopt(&unique_ifname("wh"));
-    ip(&[
-        "link",
-        "add",
-        "name",
-        host.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ]);
-    host
+    veth_pair(None, &unique_ifname("wh"), ns, "eth0").expect("host-side end")
 }
 
 /// A `sleep` child that lives in `ns`; killed and reaped on drop.

@@ -9,7 +9,7 @@ pub mod features;
 pub mod pod;
 pub mod record;
 
-use conf::{AttachmentKey, CniResult, Plugin, Request};
+use conf::{AttachmentKey, CniResult, Request, Verbs};
 use config::{FailurePolicy, KmeshConf};
 use error::{KmeshError, Result};
 use host::RecordStore;
@@ -95,8 +95,10 @@ impl KmeshCni {
 }
 
 /// The verbs, in kmesh-cni's own error type (codes are decided in `error`).
-impl KmeshCni {
-    fn add_verb(&self, req: &Request) -> Result<CniResult> {
+impl Verbs for KmeshCni {
+    type Error = KmeshError;
+
+    fn add(&self, req: &Request) -> Result<CniResult> {
         let prev = prev_result(req)?;
         let ctx = Context::new(req)?;
         match self.attach(&ctx, req, &prev) {
@@ -112,7 +114,7 @@ impl KmeshCni {
     /// Undoes exactly what the record lists. DEL never fails for something already gone, nor
     /// on a missing or unreadable prevResult: a failing DEL stops the runtime from running the
     /// plugins after us, which is how addresses leak (cilium #8313).
-    fn del_verb(&self, req: &Request) -> Result<()> {
+    fn del(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
@@ -122,7 +124,7 @@ impl KmeshCni {
         }
     }
 
-    fn check_verb(&self, req: &Request) -> Result<()> {
+    fn check(&self, req: &Request) -> Result<()> {
         let prev = prev_result(req)?;
         let ctx = Context::new(req)?;
         let policy = ctx.conf.pod_policy(req)?;
@@ -164,7 +166,7 @@ impl KmeshCni {
     /// network's records. Legacy records (no network) are adopted when the list names their
     /// interface, removed when their veth vanished, and otherwise left for their own network.
     /// Keeps going past errors.
-    fn gc_verb(&self, req: &Request) -> Result<()> {
+    fn gc(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
         let network = &req.conf.name;
         let valid = req.conf.valid_attachment_keys()?;
@@ -223,7 +225,7 @@ impl KmeshCni {
     }
 
     /// Cheap: bpffs and the maps are reachable and the kernel has what the mode needs.
-    fn status_verb(&self, req: &Request) -> Result<()> {
+    fn status(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
         features::choose(ctx.conf.mode, ctx.store.dir()).map_err(KmeshError::not_available)?;
         if ctx.conf.mode != config::Mode::Off {
@@ -232,24 +234,6 @@ impl KmeshCni {
                 .map_err(KmeshError::not_available)?;
         }
         Ok(())
-    }
-}
-
-impl Plugin for KmeshCni {
-    fn add(&self, req: &Request) -> conf::Result<CniResult> {
-        Ok(self.add_verb(req)?)
-    }
-    fn del(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.del_verb(req)?)
-    }
-    fn check(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.check_verb(req)?)
-    }
-    fn status(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.status_verb(req)?)
-    }
-    fn gc(&self, req: &Request) -> conf::Result<()> {
-        Ok(self.gc_verb(req)?)
     }
 }
 

@@ -27,7 +27,7 @@ use crate::bench::{self, check_stop, BenchOpts, Figure, Table};
 use crate::cni::{bridge_plugin, conflist, Cnitool};
 use crate::fixtures::bpffs::Isolation;
 use crate::fixtures::guards::{KubeRules, Sysctl};
-use crate::fixtures::netns::{unique_ifname, HostLink, TestNetns};
+use crate::fixtures::netns::{unique_ifname, veth_pair, HostLink, TestNetns};
 use crate::plugins::CniPath;
 use crate::proc::{self, cmd};
 
@@ -478,18 +478,7 @@ fn bare_veth_pair() -> Result<[TestNetns; 2]> {
         TestNetns::new("weft-bench-veth"),
         TestNetns::new("weft-bench-veth"),
     );
-    a.must(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        b.name(),
-    ]);
+    veth_pair(Some(&a), "eth0", &b, "eth0");
     for (ns, ip) in [(&a, VETH_A), (&b, VETH_B)] {
         ns.must(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.must(&["link", "set", "eth0", "up"]);
