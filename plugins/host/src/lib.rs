@@ -12,12 +12,17 @@ pub mod error;
 pub mod link;
 pub mod lock;
 pub mod logging;
+pub mod netdev;
 pub mod netns;
 pub mod record;
+pub mod sriov;
+pub mod sysfs;
 
 pub use error::HostError;
 pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
 pub use netns::{netns_cookie, netns_exists, run_in_netns};
 pub use record::{RecordStore, StoreLock};
+pub use sriov::{PfError, PfOps};
+pub use sysfs::{PciAddress, Sysfs, SysfsError};
 /// The rtnetlink version [`link::netlink`] hands out handles of.
 pub use rtnetlink;
