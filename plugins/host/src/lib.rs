@@ -8,6 +8,7 @@
 //!   writes and a store lock.
 //! - [`error`]: [`HostError`] and its single mapping to CNI error codes.
 
+pub mod announce;
 pub mod error;
 pub mod link;
 pub mod lock;
@@ -22,7 +23,7 @@ pub use error::HostError;
 pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
 pub use netns::{netns_cookie, netns_exists, run_in_netns};
 pub use record::{RecordStore, StoreLock};
-pub use sriov::{PfError, PfOps};
-pub use sysfs::{PciAddress, Sysfs, SysfsError};
 /// The rtnetlink version [`link::netlink`] hands out handles of.
 pub use rtnetlink;
+pub use sriov::{PfError, PfOps};
+pub use sysfs::{PciAddress, Sysfs, SysfsError};

@@ -29,6 +29,8 @@ pub struct Netdev {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// Carrier (`IFF_LOWER_UP`).
+    pub carrier: bool,
     /// `IFLA_INFO_KIND` ("veth", "macvlan", ...); `None` for physical NICs and VFs.
     pub kind: Option<String>,
     /// Alternative names (`IFLA_PROP_LIST`/`IFLA_ALT_IFNAME`, Linux ≥ 5.5). They travel with
@@ -59,6 +61,7 @@ pub fn netdev_of(msg: &LinkMessage) -> Netdev {
     let mut dev = Netdev {
         index: msg.header.index,
         up: msg.header.flags.contains(LinkFlags::Up),
+        carrier: msg.header.flags.contains(LinkFlags::LowerUp),
         ..Netdev::default()
     };
     for attr in &msg.attributes {
@@ -299,6 +302,7 @@ mod tests {
                 mac: Some("02:00:00:00:00:01".into()),
                 mtu: 9000,
                 up: true,
+                carrier: false,
                 kind: None,
                 altnames: vec!["enp175s0f1v0".into()],
                 parent_dev: Some("0000:af:06.0".into()),

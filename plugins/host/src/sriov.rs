@@ -200,6 +200,12 @@ impl VfSetting {
         }
     }
 
+    /// Whether drivers reliably report this setting back. Spoof check and trust are reported
+    /// as -1 ("unknown") by drivers that do not fill them, which reads as off.
+    pub fn is_reported(&self) -> bool {
+        !matches!(self, VfSetting::Spoofchk(_) | VfSetting::Trust(_))
+    }
+
     /// The same setting with the value `original` had: what undoing `self` sets.
     pub fn restore_from(&self, original: &VfState) -> VfSetting {
         match self {
@@ -337,6 +343,16 @@ pub enum PfError {
         source: rtnetlink::Error,
     },
 
+    /// The PF acknowledged a setting but kept reporting something else (see [`set_verified`]).
+    #[error("PF {pf} acknowledged {setting} for VF {vf} but still reports {reported} after {tries} tries")]
+    NotApplied {
+        pf: String,
+        vf: u32,
+        setting: String,
+        reported: String,
+        tries: u32,
+    },
+
     /// The netlink socket or runtime could not be set up.
     #[error(transparent)]
     Host(#[from] HostError),
@@ -359,6 +375,48 @@ pub trait PfOps: Send + Sync {
     fn vf_state(&self, pf: &str, vf: u32) -> Result<VfState, PfError>;
     /// Applies one setting (one `RTM_SETLINK`).
     fn set(&self, pf: &str, vf: u32, setting: &VfSetting) -> Result<(), PfError>;
+}
+
+/// How often [`set_verified`] sends a setting that does not show up, and the first pause.
+pub const SET_TRIES: u32 = 4;
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Applies `setting` and reads it back. Some drivers acknowledge a VF change before it takes
+/// effect, or drop one made too soon after another (mlx5 applies a VF MAC asynchronously), so a
+/// reported setting that does not show up is sent again, up to [`SET_TRIES`] times with
+/// doubling pauses. Settings drivers do not report reliably are trusted on the acknowledgement.
+pub fn set_verified(
+    ops: &dyn PfOps,
+    pf: &str,
+    vf: u32,
+    setting: &VfSetting,
+) -> Result<(), PfError> {
+    let mut pause = FIRST_PAUSE;
+    for attempt in 1..=SET_TRIES {
+        ops.set(pf, vf, setting)?;
+        if !setting.is_reported() {
+            return Ok(());
+        }
+        let state = ops.vf_state(pf, vf)?;
+        if setting.holds_in(&state) {
+            return Ok(());
+        }
+        if attempt == SET_TRIES {
+            // The same setting with the value the PF reports.
+            let now = setting.restore_from(&state);
+            return Err(PfError::NotApplied {
+                pf: pf.to_owned(),
+                vf,
+                setting: setting.to_string(),
+                reported: now.to_string(),
+                tries: SET_TRIES,
+            });
+        }
+        tracing::debug!(%pf, vf, %setting, attempt, "setting not in effect yet: sending it again");
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+    unreachable!("the loop returns on its last attempt")
 }
 
 /// `RTM_GETLINK` for the PF `pf` by name, asking for its VF info (`RTEXT_FILTER_VF`).
@@ -557,13 +615,16 @@ pub mod fake {
 
     use super::{PfError, PfOps, VfSetting, VfState};
 
-    /// One fake PF: its VFs by index, and what its driver does not support: setting names
-    /// ([`VfSetting::name`]) and `"state"` for reporting VF state.
+    /// One fake PF: its VFs by index, what its driver does not support (setting names,
+    /// [`VfSetting::name`], and `"state"` for reporting VF state), and how many sets of a
+    /// setting it acknowledges without applying them (a driver that applies lazily).
     #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     pub struct FakePfDevice {
         pub vfs: BTreeMap<u32, VfState>,
         #[serde(default)]
         pub unsupported: Vec<String>,
+        #[serde(default)]
+        pub flaky: BTreeMap<String, u32>,
     }
 
     /// One call as the fake saw it (also refused ones).
@@ -620,6 +681,10 @@ pub mod fake {
                 setting: *setting,
             });
             let dev = self.device(pf, setting.name())?;
+            if let Some(n) = dev.flaky.get_mut(setting.name()).filter(|n| **n > 0) {
+                *n -= 1;
+                return Ok(());
+            }
             let count = dev.vfs.len();
             let state = dev.vfs.get_mut(&vf).ok_or(PfError::NoSuchVf {
                 pf: pf.to_owned(),
@@ -1047,6 +1112,52 @@ mod tests {
                 vf: 1
             }
         );
+    }
+
+    #[test]
+    fn set_verified_resends_what_a_lazy_driver_dropped() {
+        let mut state = fake_state();
+        let pf = state.pfs.get_mut("pf0").unwrap();
+        pf.flaky.insert("mac".into(), 2);
+        pf.flaky.insert("spoofchk".into(), 1);
+        let fake = FakePf::in_memory(state);
+        let mac = VfSetting::Mac(MacAddr([2, 0, 0, 0, 0, 9]));
+        set_verified(&fake, "pf0", 0, &mac).unwrap();
+        assert_eq!(
+            fake.vf_state("pf0", 0).unwrap().mac,
+            MacAddr([2, 0, 0, 0, 0, 9])
+        );
+        let sets = fake.state().unwrap().sets();
+        assert_eq!(sets.len(), 3, "two dropped, the third applied: {sets:?}");
+        // Not reported reliably: trusted on the acknowledgement (and here silently dropped).
+        set_verified(&fake, "pf0", 0, &VfSetting::Spoofchk(true)).unwrap();
+        assert!(!fake.vf_state("pf0", 0).unwrap().spoofchk);
+        // A driver that never applies it: a clear error after SET_TRIES sends.
+        let mut state = fake_state();
+        state
+            .pfs
+            .get_mut("pf0")
+            .unwrap()
+            .flaky
+            .insert("vlan".into(), 99);
+        let fake = FakePf::in_memory(state);
+        let vlan = VfSetting::Vlan {
+            vlan: 7,
+            qos: 0,
+            proto: VlanProto::Dot1Q,
+        };
+        let e = set_verified(&fake, "pf0", 1, &vlan).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PfError::NotApplied {
+                    tries: SET_TRIES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("still reports vlan 0"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! | key | meaning |
 //! | --- | --- |
-//! | `deviceID` | the VF's PCI address (`0000:af:06.0`); `runtimeConfig.deviceID` wins (multus and device plugins inject it) |
+//! | `deviceID` | the VF's PCI address (`0000:af:06.0`); `runtimeConfig.deviceID` wins, `pciBusID` is the fallback (multus injects both) |
 //! | `vlan`, `vlanQoS`, `vlanProto` | VF VLAN 0–4094, PCP 0–7, `802.1Q` (default) or `802.1ad`, set through the PF |
 //! | `mac` | MAC for the VF (admin MAC on the PF and the netdev's); `runtimeConfig.mac` > `CNI_ARGS` `MAC` > `mac` |
 //! | `spoofchk`, `trust` | `on`/`off`, through the PF |
@@ -28,6 +28,8 @@ use std::path::PathBuf;
 struct Raw {
     #[serde(rename = "deviceID")]
     device_id: Option<String>,
+    #[serde(rename = "pciBusID")]
+    pci_bus_id: Option<String>,
     vlan: Option<i64>,
     #[serde(rename = "vlanQoS")]
     vlan_qos: Option<i64>,
@@ -103,12 +105,13 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid_config(msg)
 }
 
-/// Capability `deviceID` (multus, device plugins) or the top-level key.
+/// Capability `deviceID`, else top-level `deviceID`, else `pciBusID` (multus injects both).
 fn device_id(req: &Request, raw: &Raw) -> Result<PciAddress> {
     let from_runtime: Option<String> = req.conf.runtime("deviceID")?;
-    let id = from_runtime
-        .filter(|s| !s.is_empty())
-        .or_else(|| raw.device_id.clone().filter(|s| !s.is_empty()))
+    let id = [from_runtime, raw.device_id.clone(), raw.pci_bus_id.clone()]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
         .ok_or_else(|| invalid("deviceID (the VF's PCI address) is required"))?;
     PciAddress::parse(&id).map_err(|e| invalid(format!("deviceID: {e}")))
 }
@@ -397,6 +400,19 @@ mod tests {
         let c = SriovConf::from_request(&request(conf.clone(), "MAC=02:00:00:00:00:02")).unwrap();
         assert_eq!(c.mac.unwrap().to_string(), "02:00:00:00:00:03");
         assert_eq!(c.device_id.as_str(), "0000:3b:02.1");
+        let c = SriovConf::from_request(&request(
+            base(json!({"deviceID": null, "pciBusID": "0000:3b:02.2"})),
+            "",
+        ))
+        .unwrap();
+        assert_eq!(c.device_id.as_str(), "0000:3b:02.2");
+        let c = SriovConf::from_request(&request(base(json!({"pciBusID": "0000:3b:02.2"})), ""))
+            .unwrap();
+        assert_eq!(
+            c.device_id.as_str(),
+            "0000:af:06.0",
+            "deviceID wins over pciBusID"
+        );
         let mut no_runtime = conf.clone();
         no_runtime.as_object_mut().unwrap().remove("runtimeConfig");
         let c = SriovConf::from_request(&request(

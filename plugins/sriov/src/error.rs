@@ -16,8 +16,12 @@ pub enum SriovError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
 
-    #[error(transparent)]
-    Pf(#[from] PfError),
+    /// A PF-side operation on the VF failed (names the VF, the PF and the setting).
+    #[error("VF {pci}: {source}")]
+    Pf {
+        pci: PciAddress,
+        source: Box<PfError>,
+    },
 
     /// The VF is attached to another container whose netns still exists.
     #[error(
@@ -69,14 +73,31 @@ pub enum SriovError {
 /// - `Busy`, `LockTimeout` → 11 (try again later: a DEL of the previous owner is usually on its way).
 /// - `IfnameTaken` → 4 (`CNI_IFNAME` cannot be used in that netns).
 /// - `NoNetdev`, `NoPfNetdev` → 100. `CheckFailed` → 103.
+impl SriovError {
+    pub fn pf(pci: &PciAddress, source: PfError) -> Self {
+        SriovError::Pf {
+            pci: pci.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
 impl From<SriovError> for conf::Error {
     fn from(e: SriovError) -> Self {
+        // A PF operation that could not even open its socket is a host error like any other.
+        let e = match e {
+            SriovError::Pf { pci, source } => match *source {
+                PfError::Host(h) => return h.into(),
+                other => SriovError::pf(&pci, other),
+            },
+            other => other,
+        };
         let code = match e {
             SriovError::Cni(c) => return c,
-            SriovError::Host(h) | SriovError::Pf(PfError::Host(h)) => return h.into(),
+            SriovError::Host(h) => return h.into(),
             SriovError::Sysfs(SysfsError::Io { .. }) => code::IO,
             SriovError::Sysfs(_) => code::INVALID_CONFIG,
-            SriovError::Pf(_) => code::HOST,
+            SriovError::Pf { .. } => code::HOST,
             SriovError::Busy { .. } | SriovError::LockTimeout { .. } => code::TRY_AGAIN,
             SriovError::IfnameTaken { .. } => code::INVALID_ENV,
             SriovError::NoNetdev { .. } | SriovError::NoPfNetdev { .. } => code::HOST,
@@ -117,11 +138,13 @@ mod tests {
                 5,
             ),
             (
-                PfError::Unsupported {
-                    pf: "veth0".into(),
-                    what: "setting vlan".into(),
-                }
-                .into(),
+                SriovError::pf(
+                    &pci(),
+                    PfError::Unsupported {
+                        pf: "veth0".into(),
+                        what: "setting vlan".into(),
+                    },
+                ),
                 100,
             ),
             (
@@ -159,8 +182,11 @@ mod tests {
         .into();
         assert_eq!(e.code, 100);
         assert!(e.msg.contains("set link"), "{e}");
-        let e: conf::Error =
-            SriovError::Pf(PfError::Host(HostError::NetnsMissing { path: "/x".into() })).into();
+        let e: conf::Error = SriovError::pf(
+            &pci(),
+            PfError::Host(HostError::NetnsMissing { path: "/x".into() }),
+        )
+        .into();
         assert_eq!(e.code, 3);
     }
 }

@@ -174,7 +174,7 @@ impl Plugin for Sriov {
         combine(errors)
     }
 
-    /// Cheap: sysfs shows PCI devices, and the IPAM delegate is ready.
+    /// Cheap: sysfs shows PCI devices, rtnetlink answers, and the IPAM delegate is ready.
     fn status(&self, req: &Request) -> conf::Result<()> {
         let (_, sysfs, _) = self.context(&Logging::from_request(req));
         let devices = sysfs.pci_devices();
@@ -182,6 +182,12 @@ impl Plugin for Sriov {
             return Err(Error::new(
                 code::NOT_AVAILABLE,
                 format!("cannot list PCI devices in {}: {e}", devices.display()),
+            ));
+        }
+        if let Err(e) = host::link_by_name(None, "lo") {
+            return Err(Error::new(
+                code::NOT_AVAILABLE,
+                format!("rtnetlink is not usable: {e}"),
             ));
         }
         match vf::ipam_type(req) {
@@ -210,8 +216,11 @@ fn check(ctx: &Ctx, req: &Request, conf: &SriovConf) -> Result<(), SriovError> {
         Some(o) => problems.push(format!("VF {} now belongs to {}", rec.pci, o.key()?)),
         None => problems.push(format!("VF {} is not allocated to {key}", rec.pci)),
     }
-    if let (Some(pf), Some(_)) = (&rec.pf, &rec.pf_original) {
-        let state = ctx.pf.vf_state(pf, rec.vf_index)?;
+    if let (Some(pf), false) = (&rec.pf, rec.pf_settings.is_empty()) {
+        let state = ctx
+            .pf
+            .vf_state(pf, rec.vf_index)
+            .map_err(|e| SriovError::pf(&rec.pci, e))?;
         for s in rec.pf_settings.iter().filter(|s| !s.holds_in(&state)) {
             problems.push(format!("PF {pf} VF {}: {s} is not in effect", rec.vf_index));
         }

@@ -72,8 +72,8 @@ pub struct Record {
     /// The VF's index on its PF.
     pub vf_index: u32,
     pub mode: Mode,
-    /// The VF's PF-side state before ADD; `None` when no PF-side setting was configured (the
-    /// PF was neither read nor changed).
+    /// The VF's PF-side state before ADD (admin MAC, VLAN, ...); `None` when the PF does not
+    /// report it, which is only accepted when no PF-side setting is configured.
     pub pf_original: Option<VfState>,
     /// PF-side settings in the order ADD applies them (DEL undoes them in reverse).
     pub pf_settings: Vec<VfSetting>,

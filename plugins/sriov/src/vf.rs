@@ -22,7 +22,7 @@ use conf::{AttachmentKey, CniResult, Interface, Request};
 use host::netdev::{self, LinkChange, LinkRef, Netdev};
 use host::sriov::{MacAddr, PfOps};
 use host::sysfs::{self, Sysfs};
-use host::{HostError, PciAddress, RecordStore};
+use host::{announce, HostError, PciAddress, RecordStore};
 
 use crate::config::SriovConf;
 use crate::error::{Result, SriovError};
@@ -140,10 +140,18 @@ pub fn attach(
             }
         },
     };
-    // Read before anything changes: what DEL restores. No PF-side setting: the PF is not touched.
-    let pf_original = match (&vf.pf_netdev, settings.is_empty()) {
-        (Some(pf), false) => Some(ctx.pf.vf_state(pf, vf.index)?),
-        _ => None,
+    // Read before anything changes: what DEL restores. Without PF-side settings the PF is only
+    // read (for the admin MAC), and a PF that cannot report VF state is fine.
+    let pf_original = match &vf.pf_netdev {
+        Some(pf) => match ctx.pf.vf_state(pf, vf.index) {
+            Ok(state) => Some(state),
+            Err(e) if settings.is_empty() => {
+                tracing::debug!(error = %e, "no PF-side state for the VF (none configured)");
+                None
+            }
+            Err(e) => return Err(SriovError::pf(pci, e)),
+        },
+        None => None,
     };
     let record = Record {
         version: RECORD_VERSION,
@@ -216,7 +224,8 @@ fn setup(
 ) -> Result<CniResult> {
     if let Some(pf) = &record.pf {
         for setting in &record.pf_settings {
-            ctx.pf.set(pf, record.vf_index, setting)?;
+            host::sriov::set_verified(ctx.pf, pf, record.vf_index, setting)
+                .map_err(|e| SriovError::pf(&record.pci, e))?;
         }
     }
     if let Mode::Netdev { original, .. } = &record.mode {
@@ -290,9 +299,14 @@ pub fn ipam_type(req: &Request) -> Option<&str> {
     req.conf.ipam_type().ok()
 }
 
+/// How long to wait for carrier before announcing IPv4 addresses (a real VF's link comes up
+/// some time after the netdev does; a frame sent before that is lost).
+const CARRIER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// In the pod: MAC, MTU, up, the IPAM addresses and routes (a route without a gateway goes
-/// via the first gateway of its family, as the reference plugins' `ConfigureIface` does).
-/// Returns the link as it ends up.
+/// via the first gateway of its family, as the reference plugins' `ConfigureIface` does),
+/// then the announcements (`host::announce`: gratuitous ARP now, unsolicited NA from the
+/// kernel once DAD completes). Returns the link as it ends up.
 fn configure_pod(
     netns: &Path,
     ifname: &str,
@@ -314,6 +328,9 @@ fn configure_pod(
                 context: format!("VF {ifname} after the move"),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             })?;
+        if let Err(e) = announce::enable_notify(&ifname) {
+            tracing::warn!(error = %e, "cannot enable arp_notify/ndisc_notify");
+        }
         netdev::change(
             &h,
             dev.index,
@@ -335,7 +352,37 @@ fn configure_pod(
             });
             netdev::add_route(&h, dev.index, dst, gw).await?;
         }
-        netdev::get(&h, LinkRef::Index(dev.index)).await
+        let mut now = netdev::get(&h, LinkRef::Index(dev.index)).await?;
+        let v4: Vec<std::net::Ipv4Addr> = ips
+            .iter()
+            .filter_map(|(a, _)| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        if !v4.is_empty() {
+            let deadline = std::time::Instant::now() + CARRIER_WAIT;
+            while now.as_ref().is_some_and(|d| !d.carrier) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                now = netdev::get(&h, LinkRef::Index(dev.index)).await?;
+            }
+            let hw = now
+                .as_ref()
+                .and_then(|d| d.mac.as_deref())
+                .and_then(|m| MacAddr::parse(m).ok());
+            for ip in v4 {
+                // Best effort, as in sriov-cni: a lost announcement only delays neighbours.
+                match hw {
+                    Some(hw) => {
+                        if let Err(e) = announce::gratuitous_arp(dev.index, hw.0, ip) {
+                            tracing::warn!(%ip, error = %e, "gratuitous ARP not sent");
+                        }
+                    }
+                    None => tracing::warn!(%ip, "no MAC to announce"),
+                }
+            }
+        }
+        Ok(now)
     })?;
     dev.ok_or_else(|| {
         HostError::Io {
