@@ -11,5 +11,6 @@ pub mod netns;
 pub mod plugins;
 pub mod prereq;
 pub mod proc;
+pub mod sriov;
 
 pub use prereq::require_root;

@@ -666,7 +666,9 @@ pub mod fake {
                 pf: pf.to_owned(),
                 vf,
             });
-            let dev = self.device(pf, "state")?;
+            let dev = self.device(pf, "state", || {
+                "reporting VF state (IFLA_VFINFO_LIST)".to_string()
+            })?;
             dev.vfs.get(&vf).copied().ok_or(PfError::NoSuchVf {
                 pf: pf.to_owned(),
                 vf,
@@ -680,7 +682,9 @@ pub mod fake {
                 vf,
                 setting: *setting,
             });
-            let dev = self.device(pf, setting.name())?;
+            let dev = self.device(pf, setting.name(), || {
+                format!("setting {setting} on VF {vf}")
+            })?;
             if let Some(n) = dev.flaky.get_mut(setting.name()).filter(|n| **n > 0) {
                 *n -= 1;
                 return Ok(());
@@ -695,14 +699,20 @@ pub mod fake {
             Ok(())
         }
 
-        /// The PF, unless it is unknown (a netdev without SR-IOV) or refuses `what`.
-        fn device(&mut self, pf: &str, what: &str) -> Result<&mut FakePfDevice, PfError> {
+        /// The PF, unless it is unknown (a netdev without SR-IOV) or refuses `name`; the error
+        /// reads like [`super::NetlinkPf`]'s, with `describe()` saying what was refused.
+        fn device(
+            &mut self,
+            pf: &str,
+            name: &str,
+            describe: impl Fn() -> String,
+        ) -> Result<&mut FakePfDevice, PfError> {
             let unsupported = || PfError::Unsupported {
                 pf: pf.to_owned(),
-                what: format!("{what} (recording fake)"),
+                what: format!("{} (recording fake)", describe()),
             };
             let dev = self.pfs.get_mut(pf).ok_or_else(unsupported)?;
-            if dev.unsupported.iter().any(|u| u == what) {
+            if dev.unsupported.iter().any(|u| u == name) {
                 return Err(unsupported());
             }
             Ok(dev)
