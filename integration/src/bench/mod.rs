@@ -10,6 +10,7 @@ pub mod exec;
 pub mod fastpath;
 pub mod ipam;
 pub mod measure;
+pub mod sriov;
 
 use std::time::Duration;
 

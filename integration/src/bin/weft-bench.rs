@@ -27,6 +27,10 @@ struct Cli {
 enum Suite {
     /// Whole-process cost: VERSION and pass-through ADD, kmesh-cni vs tuning (Go)
     Exec,
+    /// P1-vf: VF attach ADD+DEL as whole processes, weft-sriov vs host-device (Go), moving the
+    /// same veth stand-in (no SR-IOV here); without IPAM and with host-local
+    #[command(alias = "p1-vf")]
+    Vf,
     /// P1-chain: extra ADD+DEL cost of bridge + kmesh-cni over bridge, vs bridge + tuning (Go)
     #[command(alias = "p1-chain")]
     Chain,
@@ -117,6 +121,13 @@ fn main() -> Result<()> {
         Suite::Exec => bench::render(
             "weft-bench exec",
             &exec::run(&exec::ExecOpts {
+                bin_dir,
+                pairs: cli.pairs.unwrap_or(20),
+            })?,
+        ),
+        Suite::Vf => bench::render(
+            "weft-bench vf",
+            &bench::sriov::run(&bench::sriov::VfOpts {
                 bin_dir,
                 pairs: cli.pairs.unwrap_or(20),
             })?,
