@@ -73,7 +73,7 @@ fn release(ctx: &Ctx, key: &AttachmentKey) -> Result<(), SriovError> {
     let _lock = ctx.vfs.lock(&rec.pci)?;
     // Re-read under the lock: a concurrent GC or DEL may have finished it.
     match ctx.store.find::<Record>(key)? {
-        Some((stored, rec)) => vf::detach(ctx, &stored, &rec),
+        Some((stored, rec)) => vf::detach(ctx, &stored, &rec).map(drop),
         None => Ok(()),
     }
 }

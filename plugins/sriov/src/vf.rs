@@ -81,13 +81,15 @@ pub fn attach(
         tracing::info!(%key, vf = %old.pci, "ADD again: undoing the previous attachment first");
         let _old_lock = ctx.vfs.lock(&old.pci)?;
         if let Some((stored, old)) = ctx.store.find::<Record>(&stored)? {
-            detach(ctx, &stored, &old)?;
+            let back = detach(ctx, &stored, &old)?;
+            tracing::debug!(vf = %old.pci, name = ?back, "previous attachment undone");
         }
     }
 
     let _lock = ctx.vfs.lock(pci)?;
-    take_over(ctx, pci, key)?;
-    // Read after a take-over, which may have brought the netdev back.
+    let restored = take_over(ctx, pci, key)?;
+    // Read after a take-over, which may have brought the netdev back (and renamed it: a fake
+    // sysfs tree does not follow renames, so the name the take-over restored counts too).
     let vf = ctx.sysfs.vf(pci)?;
     let settings = conf.pf_settings();
     if !settings.is_empty() && vf.pf_netdev.is_none() {
@@ -101,36 +103,9 @@ pub fn attach(
                 .join(", "),
         });
     }
-    let mode = match vf.netdevs.first() {
-        Some(name) => {
-            let found = host_netdev(name)?.ok_or_else(|| SriovError::NoNetdev {
-                pci: pci.clone(),
-                driver: vf.driver.clone(),
-            })?;
-            let ifname = req.env.ifname.clone();
-            let taken = host::link::netlink(Some(&netns), move |h| async move {
-                netdev::get(&h, LinkRef::Name(&ifname)).await
-            })?;
-            if taken.is_some() {
-                return Err(SriovError::IfnameTaken {
-                    ifname: req.env.ifname.clone(),
-                    netns: netns.display().to_string(),
-                });
-            }
-            Mode::Netdev {
-                original: OriginalNetdev {
-                    name: found.name,
-                    index: found.index,
-                    mac: found.mac,
-                    mtu: found.mtu,
-                    up: found.up,
-                    altnames: found.altnames,
-                },
-                mac: conf.mac,
-                mtu: conf.mtu,
-            }
-        }
-        None => match &vf.driver {
+    let names: Vec<&String> = vf.netdevs.iter().chain(&restored).collect();
+    let mode = if names.is_empty() {
+        match &vf.driver {
             Some(d) if sysfs::is_userspace_driver(d) => Mode::Dpdk { driver: d.clone() },
             driver => {
                 return Err(SriovError::NoNetdev {
@@ -138,7 +113,42 @@ pub fn attach(
                     driver: driver.clone(),
                 })
             }
-        },
+        }
+    } else {
+        // sysfs names a netdev: it must be in the host (not in some other netns).
+        let mut found = None;
+        for name in names {
+            found = host_netdev(name)?.filter(|d| is_vf(d, pci));
+            if found.is_some() {
+                break;
+            }
+        }
+        let found = found.ok_or_else(|| SriovError::NoNetdev {
+            pci: pci.clone(),
+            driver: vf.driver.clone(),
+        })?;
+        let ifname = req.env.ifname.clone();
+        let taken = host::link::netlink(Some(&netns), move |h| async move {
+            netdev::get(&h, LinkRef::Name(&ifname)).await
+        })?;
+        if taken.is_some() {
+            return Err(SriovError::IfnameTaken {
+                ifname: req.env.ifname.clone(),
+                netns: netns.display().to_string(),
+            });
+        }
+        Mode::Netdev {
+            original: OriginalNetdev {
+                name: found.name,
+                index: found.index,
+                mac: found.mac,
+                mtu: found.mtu,
+                up: found.up,
+                altnames: found.altnames,
+            },
+            mac: conf.mac,
+            mtu: conf.mtu,
+        }
     };
     // Read before anything changes: what DEL restores. Without PF-side settings the PF is only
     // read (for the admin MAC), and a PF that cannot report VF state is fine.
@@ -183,9 +193,10 @@ pub fn attach(
 
 /// The VF's owner file names someone: our own attachment without a record (cleared), a live
 /// pod (busy), or a pod whose netns is gone (its record is undone and dropped: the VF is ours).
-fn take_over(ctx: &Ctx, pci: &PciAddress, key: &AttachmentKey) -> Result<()> {
+/// Returns the VF netdev's host name when undoing an attachment brought it back.
+fn take_over(ctx: &Ctx, pci: &PciAddress, key: &AttachmentKey) -> Result<Option<String>> {
     let Some(owner) = ctx.vfs.owner(pci)? else {
-        return Ok(());
+        return Ok(None);
     };
     let owner_key = owner.key()?;
     if owner_key != *key {
@@ -200,7 +211,7 @@ fn take_over(ctx: &Ctx, pci: &PciAddress, key: &AttachmentKey) -> Result<()> {
     }
     match ctx.store.find::<Record>(&owner_key)? {
         Some((stored, rec)) if rec.pci == *pci => detach(ctx, &stored, &rec),
-        _ => ctx.vfs.release(pci),
+        _ => ctx.vfs.release(pci).map(|()| None),
     }
 }
 
@@ -397,14 +408,15 @@ fn configure_pod(
 /// holds the VF's lock. A VF that now belongs to another attachment is left alone (only the
 /// record goes): a late DEL must never reset a VF a new pod uses. Everything already gone
 /// (netns, netdev, PF) is fine; a PF-side setting the driver refuses cannot have been applied.
-pub fn detach(ctx: &Ctx, key: &AttachmentKey, record: &Record) -> Result<()> {
+/// Returns the VF netdev's name in the host afterwards, when it was found and restored.
+pub fn detach(ctx: &Ctx, key: &AttachmentKey, record: &Record) -> Result<Option<String>> {
     let owner = ctx.vfs.owner(&record.pci)?;
     if let Some(owner) = &owner {
         let owner_key = owner.key()?;
         if owner_key != *key {
             tracing::warn!(vf = %record.pci, %key, owner = %owner_key, "the VF belongs to another attachment now: dropping only our record");
             ctx.store.remove(key)?;
-            return Ok(());
+            return Ok(None);
         }
     }
     let mut failures = Vec::new();
@@ -424,9 +436,11 @@ pub fn detach(ctx: &Ctx, key: &AttachmentKey, record: &Record) -> Result<()> {
             }
         }
     }
+    let mut host_name = None;
     if let Mode::Netdev { original, .. } = &record.mode {
-        if let Err(e) = release_netdev(ctx, record, original) {
-            failures.push(format!("return the VF netdev: {e}"));
+        match release_netdev(ctx, record, original) {
+            Ok(name) => host_name = name,
+            Err(e) => failures.push(format!("return the VF netdev: {e}")),
         }
     }
     if !failures.is_empty() {
@@ -439,11 +453,11 @@ pub fn detach(ctx: &Ctx, key: &AttachmentKey, record: &Record) -> Result<()> {
         ctx.vfs.release(&record.pci)?;
     }
     ctx.store.remove(key)?;
-    Ok(())
+    Ok(host_name)
 }
 
-/// Brings the VF netdev back to the host and restores it.
-fn release_netdev(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Result<()> {
+/// Brings the VF netdev back to the host and restores it; returns its host name then.
+fn release_netdev(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Result<Option<String>> {
     // This thread is in the host netns: that is where the VF goes back to.
     let host_ns = File::open("/proc/thread-self/ns/net").map_err(|e| HostError::Io {
         context: "open the host netns".into(),
@@ -460,10 +474,10 @@ fn release_netdev(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Resu
         None => find_in_host(ctx, record, original)?,
     };
     match dev {
-        Some(dev) => restore_in_host(&dev, original),
+        Some(dev) => restore_in_host(&dev, original).map(Some),
         None => {
             tracing::info!(vf = %record.pci, "the VF netdev is gone: nothing to return");
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -542,7 +556,8 @@ fn find_in_host(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Result
 
 /// Name, MAC, MTU, altnames and up state as ADD found them. A name or altname someone else
 /// took meanwhile is left as is (logged): the VF is usable, and the next ADD finds it in sysfs.
-fn restore_in_host(dev: &Netdev, original: &OriginalNetdev) -> Result<()> {
+/// Returns the name the VF ends up with.
+fn restore_in_host(dev: &Netdev, original: &OriginalNetdev) -> Result<String> {
     let (dev, original) = (dev.clone(), original.clone());
     Ok(host::link::netlink(None, move |h| async move {
         let mut change = LinkChange::default();
@@ -611,7 +626,7 @@ fn restore_in_host(dev: &Netdev, original: &OriginalNetdev) -> Result<()> {
             )
             .await?;
         }
-        Ok(())
+        Ok(now.name)
     })?)
 }
 

@@ -600,3 +600,116 @@ fn status_and_version() {
     out.assert_success("VERSION");
     assert_eq!(out.json()["supportedVersions"], json!(ALL_VERSIONS));
 }
+
+/// The VF's pod died without a DEL (its netns is gone, the kernel returned the VF to the host
+/// under the pod's ifname). A new pod's ADD of that VF reclaims it: the old attachment is
+/// undone first, so the new pod gets a clean VF. The old pod's late DEL then must not reset
+/// the VF the new pod owns (sriov-cni #219).
+#[test]
+fn a_new_pod_reclaims_a_vf_whose_pod_died_and_a_late_del_leaves_it_alone() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new(1, Kind::Veth);
+    let before = rig.fake.host_state(0).unwrap();
+    let ifname = integration::netns::unique_ifname("wpi");
+    let mut old = Pod::new("wsr-old");
+    let old_conf = rig.conf("1.0.0", 0, json!({"vlan": 51, "mac": "02:00:00:00:51:01"}));
+    rig.run(&rig.env("ADD", &old, &ifname), &old_conf)
+        .assert_success("old pod ADD");
+    let old_del = rig.env("DEL", &old, &ifname);
+    drop(std::mem::replace(
+        &mut old.ns,
+        integration::netns::TestNetns::new("wsr-spare"),
+    ));
+    // The kernel's part: the VF is back under the old pod's ifname with its MAC.
+    integration::proc::must(
+        "ip",
+        &[
+            "link",
+            "add",
+            &ifname,
+            "address",
+            "02:00:00:00:51:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &rig.fake.vfs[0].wire,
+        ],
+    );
+    integration::proc::must("ip", &["link", "set", &rig.fake.vfs[0].wire, "up"]);
+    rig.fake.set_netdev(0, Some(&ifname));
+
+    let new = Pod::new("wsr-new");
+    let new_conf = rig.conf("1.0.0", 0, json!({"vlan": 52}));
+    let out = rig.run(&rig.env("ADD", &new, IFNAME), &new_conf);
+    out.assert_success("new pod ADD");
+    let inside = new.link(IFNAME).expect("the new pod has the VF");
+    assert_eq!(
+        inside.mac, before.mac,
+        "the old pod's MAC stuck to the VF (#125)"
+    );
+    assert_eq!(rig.fake.vf_pf_state(0)["vlan"], 52);
+    assert_eq!(
+        rig.fake.vf_pf_state(0)["mac"],
+        "00:00:00:00:00:00",
+        "old admin MAC kept"
+    );
+    let record = rig.record("sriov-test", &new.cid, IFNAME).unwrap();
+    assert_eq!(record["mode"]["original"]["name"], before.name.as_str());
+    assert_eq!(
+        rig.records(),
+        vec![format!("sriov-test/{}:{IFNAME}", new.cid)]
+    );
+    // The old pod's runtime finally sends DEL: nothing of the new pod's may change.
+    rig.run(&old_del, &old_conf)
+        .assert_success("late DEL of the old pod");
+    assert_eq!(new.link(IFNAME).as_ref(), Some(&inside));
+    assert_eq!(rig.fake.vf_pf_state(0)["vlan"], 52);
+    assert_eq!(rig.owner(0).unwrap()["container_id"], new.cid.as_str());
+    rig.run(&rig.env("DEL", &new, IFNAME), &new_conf)
+        .assert_success("new pod DEL");
+    rig.fake.set_netdev(0, Some(&before.name));
+    let now = rig.fake.host_state(0).unwrap();
+    assert_eq!((now.mac, now.mtu), (before.mac, before.mtu));
+    assert_eq!(rig.fake.vf_pf_state(0), fresh_vf_state());
+}
+
+/// ADD again for the same attachment (a runtime retrying after a lost reply): the previous
+/// attachment is replaced, not doubled.
+#[test]
+fn add_again_replaces_the_attachment() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = Rig::new(2, Kind::Veth);
+    let before: Vec<_> = (0..2).map(|i| rig.fake.host_state(i).unwrap()).collect();
+    let pod = Pod::new("wsr-again");
+    let conf = rig.conf(
+        "1.0.0",
+        0,
+        json!({"vlan": 60, "ipam": weft_ipam("10.68.0.0/24")}),
+    );
+    for n in 0..2 {
+        rig.run(&rig.env("ADD", &pod, IFNAME), &conf)
+            .assert_success(&format!("ADD {n}"));
+    }
+    assert!(pod.link(IFNAME).is_some());
+    assert_eq!(rig.records().len(), 1);
+    assert_eq!(rig.ipam_held("sriov-test"), 1);
+    // The same attachment with another VF: the first VF goes back first.
+    let other = rig.conf(
+        "1.0.0",
+        1,
+        json!({"vlan": 61, "ipam": weft_ipam("10.68.0.0/24")}),
+    );
+    rig.run(&rig.env("ADD", &pod, IFNAME), &other)
+        .assert_success("ADD with VF 1");
+    rig.assert_restored(0, &before[0], "VF 0 after the attachment moved to VF 1");
+    assert_eq!(rig.fake.vf_pf_state(1)["vlan"], 61);
+    rig.run(&rig.env("DEL", &pod, IFNAME), &other)
+        .assert_success("DEL");
+    rig.assert_restored(1, &before[1], "VF 1");
+    assert_eq!(rig.ipam_held("sriov-test"), 0);
+}
