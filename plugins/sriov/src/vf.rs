@@ -469,17 +469,31 @@ fn release_netdev(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Resu
         Err(e) if e.is_netns_missing() => None,
         Err(e) => return Err(e.into()),
     };
-    let dev = match back {
-        Some(name) => host_netdev(&name)?,
-        None => find_in_host(ctx, record, original)?,
-    };
-    match dev {
-        Some(dev) => restore_in_host(&dev, original).map(Some),
-        None => {
-            tracing::info!(vf = %record.pci, "the VF netdev is gone: nothing to return");
-            Ok(None)
+    let restored = match back {
+        // Just moved back under `name`: find and restore it in one netlink session.
+        Some(name) => {
+            let original = original.clone();
+            host::link::netlink(None, move |h| async move {
+                match netdev::get(&h, LinkRef::Name(&name)).await? {
+                    Some(dev) if dev.name == name => restore(&h, dev, &original).await.map(Some),
+                    _ => Ok(None),
+                }
+            })?
         }
+        None => match find_in_host(ctx, record, original)? {
+            Some(dev) => {
+                let original = original.clone();
+                Some(host::link::netlink(None, move |h| async move {
+                    restore(&h, dev, &original).await
+                })?)
+            }
+            None => None,
+        },
+    };
+    if restored.is_none() {
+        tracing::info!(vf = %record.pci, "the VF netdev is gone: nothing to return");
     }
+    Ok(restored)
 }
 
 /// In the pod's netns (if it is still the pod's): find the VF, set it down, move it to the
@@ -557,77 +571,83 @@ fn find_in_host(ctx: &Ctx, record: &Record, original: &OriginalNetdev) -> Result
 /// Name, MAC, MTU, altnames and up state as ADD found them. A name or altname someone else
 /// took meanwhile is left as is (logged): the VF is usable, and the next ADD finds it in sysfs.
 /// Returns the name the VF ends up with.
-fn restore_in_host(dev: &Netdev, original: &OriginalNetdev) -> Result<String> {
-    let (dev, original) = (dev.clone(), original.clone());
-    Ok(host::link::netlink(None, move |h| async move {
-        let mut change = LinkChange::default();
-        if dev.mac != original.mac {
-            change.mac = original
-                .mac
-                .as_deref()
-                .and_then(|m| MacAddr::parse(m).ok())
-                .map(|m| m.0);
-        }
-        if dev.mtu != original.mtu {
-            change.mtu = Some(original.mtu);
-        }
-        if !change.is_empty() || dev.name != original.name {
-            // Down before a MAC change or rename (drivers and the kernel refuse them live).
-            netdev::change(
-                &h,
-                dev.index,
-                &LinkChange {
-                    up: Some(false),
-                    ..LinkChange::default()
-                },
-            )
-            .await?;
-        }
-        netdev::change(&h, dev.index, &change).await?;
-        if dev.name != original.name {
-            let rename = LinkChange {
-                name: Some(original.name.clone()),
+async fn restore(
+    h: &host::rtnetlink::Handle,
+    dev: Netdev,
+    original: &OriginalNetdev,
+) -> std::result::Result<String, HostError> {
+    let mut change = LinkChange::default();
+    if dev.mac != original.mac {
+        change.mac = original
+            .mac
+            .as_deref()
+            .and_then(|m| MacAddr::parse(m).ok())
+            .map(|m| m.0);
+    }
+    if dev.mtu != original.mtu {
+        change.mtu = Some(original.mtu);
+    }
+    let changed = !change.is_empty() || dev.name != original.name;
+    if changed {
+        // Down before a MAC change or rename (drivers and the kernel refuse them live).
+        netdev::change(
+            h,
+            dev.index,
+            &LinkChange {
+                up: Some(false),
                 ..LinkChange::default()
-            };
-            match netdev::change(&h, dev.index, &rename).await {
-                Ok(()) => {}
-                Err(e) if errno_is(&e, libc::EEXIST) => {
-                    tracing::warn!(name = %original.name, now = %dev.name, "cannot restore the VF's name: taken in the host");
-                }
-                Err(e) => return Err(e),
+            },
+        )
+        .await?;
+    }
+    netdev::change(h, dev.index, &change).await?;
+    if dev.name != original.name {
+        let rename = LinkChange {
+            name: Some(original.name.clone()),
+            ..LinkChange::default()
+        };
+        match netdev::change(h, dev.index, &rename).await {
+            Ok(()) => {}
+            Err(e) if errno_is(&e, libc::EEXIST) => {
+                tracing::warn!(name = %original.name, now = %dev.name, "cannot restore the VF's name: taken in the host");
             }
+            Err(e) => return Err(e),
         }
-        let now = netdev::get(&h, LinkRef::Index(dev.index))
+    }
+    let now = if changed {
+        netdev::get(h, LinkRef::Index(dev.index))
             .await?
-            .unwrap_or(dev);
-        let missing: Vec<String> = original
-            .altnames
-            .iter()
-            .filter(|a| !now.altnames.contains(a))
-            .cloned()
-            .collect();
-        for alt in missing {
-            match netdev::add_altnames(&h, now.index, std::slice::from_ref(&alt)).await {
-                Ok(()) => {}
-                Err(e) if errno_is(&e, libc::EEXIST) => {
-                    tracing::warn!(altname = %alt, "cannot restore the VF's altname: taken in the host");
-                }
-                Err(e) => return Err(e),
+            .unwrap_or(dev)
+    } else {
+        dev
+    };
+    let missing: Vec<String> = original
+        .altnames
+        .iter()
+        .filter(|a| !now.altnames.contains(a))
+        .cloned()
+        .collect();
+    for alt in missing {
+        match netdev::add_altnames(h, now.index, std::slice::from_ref(&alt)).await {
+            Ok(()) => {}
+            Err(e) if errno_is(&e, libc::EEXIST) => {
+                tracing::warn!(altname = %alt, "cannot restore the VF's altname: taken in the host");
             }
+            Err(e) => return Err(e),
         }
-        if original.up != now.up {
-            netdev::change(
-                &h,
-                now.index,
-                &LinkChange {
-                    up: Some(original.up),
-                    ..LinkChange::default()
-                },
-            )
-            .await?;
-        }
-        Ok(now.name)
-    })?)
+    }
+    if original.up != now.up {
+        netdev::change(
+            h,
+            now.index,
+            &LinkChange {
+                up: Some(original.up),
+                ..LinkChange::default()
+            },
+        )
+        .await?;
+    }
+    Ok(now.name)
 }
 
 #[cfg(test)]
