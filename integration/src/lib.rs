@@ -12,5 +12,6 @@ pub mod plugins;
 pub mod prereq;
 pub mod previous;
 pub mod proc;
+pub mod sriov;
 
 pub use prereq::require_root;

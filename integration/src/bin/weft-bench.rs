@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use integration::bench::suites::{chain, exec, fastpath, ipam};
+use integration::bench::suites::{chain, exec, fastpath, ipam, sriov};
 use integration::bench::{self, BenchOpts};
 use integration::plugins::workspace_root;
 
@@ -28,6 +28,10 @@ struct Cli {
 enum Suite {
     /// Whole-process cost: VERSION and pass-through ADD, kmesh-cni vs tuning (Go)
     Exec,
+    /// P1-vf: VF attach ADD+DEL as whole processes, weft-sriov vs host-device (Go), moving the
+    /// same veth stand-in (no SR-IOV here); without IPAM and with host-local
+    #[command(alias = "p1-vf")]
+    Vf,
     /// P1-chain: extra ADD+DEL cost of bridge + kmesh-cni over bridge, vs bridge + tuning (Go)
     #[command(alias = "p1-chain")]
     Chain,
@@ -120,6 +124,7 @@ fn main() -> Result<()> {
     };
     let report = match cli.suite {
         Suite::Exec => bench::render("weft-bench exec", &exec::run(&opts(20))?),
+        Suite::Vf => bench::render("weft-bench vf", &sriov::run(&opts(20))?),
         Suite::Chain => bench::render("weft-bench chain", &chain::run(&opts(20))?),
         Suite::Fast { traffic: t, rules } => {
             bench::render("weft-bench fast", &fastpath::run_fast(&traffic(t, rules))?)

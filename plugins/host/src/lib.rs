@@ -8,13 +8,17 @@
 //!   writes and a store lock.
 //! - [`error`]: [`HostError`] and its single mapping to CNI error codes.
 
+pub mod announce;
 pub mod error;
 pub mod fsio;
 pub mod link;
 pub mod lock;
 pub mod logging;
+pub mod netdev;
 pub mod netns;
 pub mod record;
+pub mod sriov;
+pub mod sysfs;
 
 pub use error::HostError;
 pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
@@ -22,3 +26,5 @@ pub use netns::{netns_cookie, netns_exists, run_in_netns};
 pub use record::{RecordStore, StoreLock};
 /// The rtnetlink version [`link::netlink`] hands out handles of.
 pub use rtnetlink;
+pub use sriov::{PfError, PfOps};
+pub use sysfs::{PciAddress, Sysfs, SysfsError};

@@ -5,3 +5,4 @@ pub mod chain;
 pub mod exec;
 pub mod fastpath;
 pub mod ipam;
+pub mod sriov;
