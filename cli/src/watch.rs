@@ -201,7 +201,12 @@ pub fn run(node: Node, opts: WatchOptions, signals: SignalFd) -> Result<()> {
         agent,
         reattached_once: false,
     };
-    d.reconcile();
+    if !d.reconcile() {
+        println!(
+            "weft watch: not ready: waiting for a primary CNI config in {}",
+            node.conf_dir.display()
+        );
+    }
     if opts.once {
         return if d.agent.ready.load(Ordering::Relaxed) {
             Ok(())
