@@ -70,7 +70,10 @@ fn calico_like_conflist_chain_twice_then_uninstall_restores_bytes() {
     // Only the entry's bytes were added: the original text is intact around it.
     let (head, _) = CALICO.rsplit_once("\n    }\n  ]").unwrap();
     assert!(text.starts_with(head), "original bytes changed:\n{text}");
-    assert!(text.contains("    },\n    {\n      \"type\": \"kmesh-cni\",\n"), "{text}");
+    assert!(
+        text.contains("    },\n    {\n      \"type\": \"kmesh-cni\",\n"),
+        "{text}"
+    );
     let meta = std::fs::metadata(&primary).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640, "mode kept");
     if root {
@@ -90,7 +93,11 @@ fn calico_like_conflist_chain_twice_then_uninstall_restores_bytes() {
         CALICO,
         "uninstall gives back the original bytes"
     );
-    assert_eq!(node.snapshot(), before, "uninstall leaves the node as it was");
+    assert_eq!(
+        node.snapshot(),
+        before,
+        "uninstall leaves the node as it was"
+    );
     assert!(!node.state.exists(), "state dir created by install is gone");
 }
 
@@ -103,15 +110,29 @@ fn flannel_like_conf_is_upgraded_to_a_list_and_restored() {
     let out = node.install(&[]);
     out.assert_success("weft install");
     assert!(out.stdout.contains("upgraded"), "{}", out.describe());
-    assert!(!node.conf.join("10-flannel.conf").exists(), "the .conf went aside");
-    assert_eq!(node.read("10-flannel.conf.weft_bak"), FLANNEL, "kept byte for byte");
+    assert!(
+        !node.conf.join("10-flannel.conf").exists(),
+        "the .conf went aside"
+    );
+    assert_eq!(
+        node.read("10-flannel.conf.weft_bak"),
+        FLANNEL,
+        "kept byte for byte"
+    );
     let list: Value = serde_json::from_str(&node.read("10-flannel.conflist")).unwrap();
     assert_eq!(list["name"], "cbr0");
     assert_eq!(list["cniVersion"], "0.3.1");
     let original: Value = serde_json::from_str(FLANNEL).unwrap();
-    assert_eq!(list["plugins"][0], original, "the single config is the first plugin");
+    assert_eq!(
+        list["plugins"][0], original,
+        "the single config is the first plugin"
+    );
     assert_eq!(list["plugins"][1], kmesh_entry(&node));
-    assert_eq!(node.read("20-other.conflist"), CALICO, "not the primary: untouched");
+    assert_eq!(
+        node.read("20-other.conflist"),
+        CALICO,
+        "not the primary: untouched"
+    );
     let first = node.snapshot();
     node.install(&[]).assert_success("second install");
     assert_eq!(node.snapshot(), first, "idempotent");
@@ -126,18 +147,46 @@ fn truncated_or_invalid_primary_is_refused_and_untouched() {
     for (name, text, why) in [
         ("10-calico.conflist", cut, "not valid JSON"),
         ("10-calico.conflist", "", "not valid JSON"),
-        ("10-x.conflist", r#"{"name":"x","cniVersion":"1.0.0","plugins":[]}"#, "plugins"),
-        ("10-x.conflist", r#"{"name":"x","cniVersion":"1.0.0","plugins":[{"bridge":"b"}]}"#, "type"),
-        ("10-x.conf", r#"{"name":"x","cniVersion":"1.0.0"}"#, "no plugin type"),
-        ("10-x.conflist", r#"{"name":"x","cniVersion":"0.2.0","plugins":[{"type":"bridge"}]}"#, "does not support"),
+        (
+            "10-x.conflist",
+            r#"{"name":"x","cniVersion":"1.0.0","plugins":[]}"#,
+            "plugins",
+        ),
+        (
+            "10-x.conflist",
+            r#"{"name":"x","cniVersion":"1.0.0","plugins":[{"bridge":"b"}]}"#,
+            "type",
+        ),
+        (
+            "10-x.conf",
+            r#"{"name":"x","cniVersion":"1.0.0"}"#,
+            "no plugin type",
+        ),
+        (
+            "10-x.conflist",
+            r#"{"name":"x","cniVersion":"0.2.0","plugins":[{"type":"bridge"}]}"#,
+            "does not support",
+        ),
     ] {
         let node = TestNode::new();
         let path = node.write(name, text);
         let out = node.install(&[]);
-        assert!(!out.success(), "{name} {text:?} accepted:\n{}", out.describe());
-        assert!(out.stderr.contains(why), "{name}: no reason {why:?}:\n{}", out.describe());
+        assert!(
+            !out.success(),
+            "{name} {text:?} accepted:\n{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(why),
+            "{name}: no reason {why:?}:\n{}",
+            out.describe()
+        );
         assert!(out.stderr.contains("not touching"), "{}", out.describe());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{name} was written");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "{name} was written"
+        );
         let files: Vec<_> = std::fs::read_dir(&node.conf).unwrap().flatten().collect();
         assert_eq!(files.len(), 1, "no file added next to {name}");
     }
@@ -191,7 +240,11 @@ fn no_primary_writes_the_default_with_versions_every_plugin_speaks() {
     assert!(!node.conf.join("99-weft.conflist").exists());
     // --no-default: refuse instead.
     let out = node.install(&["--no-default"]);
-    assert!(!out.success() && out.stderr.contains("no CNI config"), "{}", out.describe());
+    assert!(
+        !out.success() && out.stderr.contains("no CNI config"),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -200,8 +253,11 @@ fn uninstall_keeps_a_binary_pods_still_need_and_restores_a_replaced_one() {
     node.write("10-calico.conflist", CALICO);
     // Somebody else's weft-ipam of that name was there first.
     std::fs::write(node.bin.join("weft-ipam"), b"#!/bin/sh\necho foreign\n").unwrap();
-    std::fs::set_permissions(node.bin.join("weft-ipam"), std::fs::Permissions::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(
+        node.bin.join("weft-ipam"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     node.install(&[]).assert_success("install");
     // A pod attached through kmesh-cni (its record) keeps the binary for its DEL.
     let rec = node.state.join("kmesh-cni/k8s-pod-network/c1:eth0");
@@ -211,14 +267,22 @@ fn uninstall_keeps_a_binary_pods_still_need_and_restores_a_replaced_one() {
     out.assert_success("uninstall");
     assert!(out.stdout.contains("kept"), "{}", out.describe());
     assert!(node.bin.join("kmesh-cni").exists(), "still needed");
-    assert_eq!(node.read("10-calico.conflist"), CALICO, "chain removed anyway");
+    assert_eq!(
+        node.read("10-calico.conflist"),
+        CALICO,
+        "chain removed anyway"
+    );
     assert_eq!(
         std::fs::read(node.bin.join("weft-ipam")).unwrap(),
         b"#!/bin/sh\necho foreign\n",
         "the replaced file is back"
     );
     assert_eq!(
-        std::fs::metadata(node.bin.join("weft-ipam")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(node.bin.join("weft-ipam"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o700
     );
     std::fs::remove_file(&rec).unwrap();
@@ -229,7 +293,10 @@ fn uninstall_keeps_a_binary_pods_still_need_and_restores_a_replaced_one() {
 #[test]
 fn chain_into_a_named_file() {
     let node = TestNode::new();
-    node.write("05-first.conflist", &CALICO.replace("k8s-pod-network", "first"));
+    node.write(
+        "05-first.conflist",
+        &CALICO.replace("k8s-pod-network", "first"),
+    );
     node.write("10-calico.conflist", CALICO);
     node.install(&["--chain-into", "10-calico.conflist"])
         .assert_success("install --chain-into");
@@ -240,7 +307,12 @@ fn chain_into_a_named_file() {
 #[test]
 fn help_teaches_with_examples() {
     let node = TestNode::new();
-    for cmd in [&["--help"][..], &["install", "--help"], &["watch", "--help"], &["gc", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["install", "--help"],
+        &["watch", "--help"],
+        &["gc", "--help"],
+    ] {
         let out = node.weft(cmd);
         out.assert_success("help");
         assert!(out.stdout.contains("Examples:"), "{cmd:?}:\n{}", out.stdout);

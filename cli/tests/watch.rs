@@ -98,7 +98,11 @@ impl Agent {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_owned();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned();
         (code, body)
     }
 
@@ -177,7 +181,10 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
     // ... truncates and rewrites it in place.
     std::fs::write(&primary, PRIMARY.replace("10.1.0.0/24", "10.2.0.0/24")).unwrap();
     let t2 = time_to_rechain(&primary, Duration::from_secs(2));
-    assert!(node.read("10-prim.conflist").contains("10.2.0.0/24"), "its change kept");
+    assert!(
+        node.read("10-prim.conflist").contains("10.2.0.0/24"),
+        "its change kept"
+    );
     // ... deletes it and recreates it a moment later.
     std::fs::remove_file(&primary).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -186,11 +193,18 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
         assert!(Instant::now() < deadline, "still ready without a primary");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!node.conf.join("99-weft.conflist").exists(), "no default written by the agent");
+    assert!(
+        !node.conf.join("99-weft.conflist").exists(),
+        "no default written by the agent"
+    );
     std::fs::write(&primary, PRIMARY).unwrap();
     let t3 = time_to_rechain(&primary, Duration::from_secs(2));
     eprintln!("re-chained after rewrite {t1:?}, in-place write {t2:?}, delete+recreate {t3:?}");
-    assert_eq!(plugins(&node.read("10-prim.conflist")).len(), 3, "one entry, not two");
+    assert_eq!(
+        plugins(&node.read("10-prim.conflist")).len(),
+        3,
+        "one entry, not two"
+    );
 
     let (code, metrics) = agent.get("/metrics");
     assert_eq!(code, 200);
@@ -203,7 +217,10 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(rechains >= 4, "{rechains} re-chains counted:\n{metrics}");
-    assert!(metrics.contains("# TYPE weft_ipam_addresses_used gauge"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE weft_ipam_addresses_used gauge"),
+        "{metrics}"
+    );
     assert_eq!(agent.get("/healthz").0, 200);
 
     // SIGTERM leaves the chain in place.
@@ -220,7 +237,11 @@ fn uninstall_on_exit_restores_the_primary() {
     agent.wait_line("ready", Duration::from_secs(10));
     assert!(chained(&primary));
     agent.stop();
-    assert_eq!(node.read("10-prim.conflist"), PRIMARY, "original bytes back");
+    assert_eq!(
+        node.read("10-prim.conflist"),
+        PRIMARY,
+        "original bytes back"
+    );
     assert!(!node.bin.join("kmesh-cni").exists(), "binaries removed");
 }
 
@@ -230,7 +251,11 @@ fn once_reports_whether_the_chain_is_in_place() {
     let src = bin_dir();
     let once = |n: &TestNode| n.weft(&["watch", "--once", "--source-dir", src.to_str().unwrap()]);
     let out = once(&node);
-    assert!(!out.success(), "no primary: not chained:\n{}", out.describe());
+    assert!(
+        !out.success(),
+        "no primary: not chained:\n{}",
+        out.describe()
+    );
     node.write("10-prim.conflist", PRIMARY);
     once(&node).assert_success("watch --once with a primary");
     assert!(chained(&node.conf.join("10-prim.conflist")));
