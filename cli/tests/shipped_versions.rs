@@ -13,7 +13,10 @@ fn shipped_conflists_declare_only_versions_every_plugin_speaks() {
     }
     let dirs = vec![bin_dir(), PathBuf::from("/usr/lib/cni")];
     let mut seen = 0;
-    for e in std::fs::read_dir(workspace_root().join("conf/net.d")).unwrap().flatten() {
+    for e in std::fs::read_dir(workspace_root().join("conf/net.d"))
+        .unwrap()
+        .flatten()
+    {
         let path = e.path();
         if path.extension().is_none_or(|x| x != "conflist") {
             continue;
@@ -22,8 +25,8 @@ fn shipped_conflists_declare_only_versions_every_plugin_speaks() {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let plugins = v["plugins"].as_array().unwrap().clone();
         let answers = weft::versions::ask_all(&weft::versions::types_of(&plugins), &dirs);
-        let common = weft::versions::common(&answers)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let common =
+            weft::versions::common(&answers).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (what, version) in weft::versions::effective(&v) {
             let version = version.unwrap_or_else(|| panic!("{}: {what}", path.display()));
             assert!(
@@ -34,7 +37,11 @@ fn shipped_conflists_declare_only_versions_every_plugin_speaks() {
         }
         for d in v["cniVersions"].as_array().into_iter().flatten() {
             let d = conf::Version::parse(d.as_str().unwrap()).unwrap();
-            assert!(common.contains(&d), "{}: cniVersions lists {d}", path.display());
+            assert!(
+                common.contains(&d),
+                "{}: cniVersions lists {d}",
+                path.display()
+            );
         }
     }
     assert!(seen >= 2);

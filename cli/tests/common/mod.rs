@@ -140,4 +140,6 @@ pub fn plugins(text: &str) -> Vec<serde_json::Value> {
     v["plugins"].as_array().cloned().unwrap_or_default()
 }
 
+pub mod deploy;
+
 pub const KMESH_ENTRY_TYPE: &str = "kmesh-cni";
