@@ -213,7 +213,13 @@ fn image_installs_chains_and_pods_get_the_fast_path() {
     // The init container, then the agent, as the DaemonSet runs them.
     let init = container(&ds, "install");
     let mut args = vec!["run".to_string(), "--rm".into()];
-    args.extend(run_args(&ds, &init, &node, &tag, &[pin.clone()]));
+    args.extend(run_args(
+        &ds,
+        &init,
+        &node,
+        &tag,
+        std::slice::from_ref(&pin),
+    ));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     podman.cmd(&a).assert_success("the init container");
     assert!(node.bin.join("kmesh-cni").is_file() && node.bin.join("weft-ipam").is_file());
