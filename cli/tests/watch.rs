@@ -171,7 +171,7 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
     let primary = node.write("10-prim.conflist", PRIMARY);
     let t = time_to_rechain(&primary, Duration::from_secs(2));
     eprintln!("chained a new primary in {t:?}");
-    agent.wait_line("ready", Duration::from_secs(2));
+    agent.wait_line("ready (kmesh-cni chained)", Duration::from_secs(2));
     assert_eq!(agent.get("/readyz").0, 200);
     assert!(ready_file.exists());
 
@@ -234,7 +234,7 @@ fn uninstall_on_exit_restores_the_primary() {
     let node = TestNode::new();
     let primary = node.write("10-prim.conflist", PRIMARY);
     let mut agent = Agent::start(&node, &["--uninstall-on-exit"]);
-    agent.wait_line("ready", Duration::from_secs(10));
+    agent.wait_line("ready (kmesh-cni chained)", Duration::from_secs(10));
     assert!(chained(&primary));
     agent.stop();
     assert_eq!(
