@@ -5,8 +5,13 @@
 #   ./prerequisites.sh check STAGE...     every listed path exists (exit 1 naming the package if not)
 #   ./prerequisites.sh packages STAGE...  the packages, one per line
 #   ./prerequisites.sh cargo-dir          the directory holding cargo (>= 1.95), also under sudo
+#   ./prerequisites.sh pypi-install STAGE...  the PyPI tools of prerequisites-pypi.list, into
+#                                         the venv $WEFT_PYVENV (default target/pyvenv), then check
+#   ./prerequisites.sh pypi-dir           that venv's directory
 #
 # STAGE is `build` (install.sh) or `test` (integration/run-tests.sh installs build and test).
+# The PyPI tools are a separate list and a separate venv on purpose: Debian packages go through
+# apt into the system, PyPI packages never do (only into weft's own venv).
 set -euo pipefail
 
 list="$(cd "$(dirname "$0")" && pwd)/prerequisites.list"
@@ -40,6 +45,38 @@ cargo_dir() {
 if [ "$action" = cargo-dir ]; then
   cargo_dir
   exit
+fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+pyvenv=${WEFT_PYVENV:-$here/target/pyvenv}
+pylist="$here/prerequisites-pypi.list"
+if [ "$action" = pypi-dir ]; then
+  echo "$pyvenv"
+  exit
+fi
+if [ "$action" = pypi-install ]; then
+  [ $# -gt 0 ] || { echo "prerequisites.sh: name at least one stage" >&2; exit 2; }
+  reqs=() paths=()
+  while read -r stage req path rest; do
+    case "$stage" in ''|'#'*) continue ;; esac
+    [ -n "$path" ] && [ -z "$rest" ] || { echo "prerequisites-pypi.list: malformed line: $stage $req $path $rest" >&2; exit 2; }
+    for wanted in "$@"; do
+      [ "$stage" = "$wanted" ] && { reqs+=("$req"); paths+=("$path"); }
+    done
+  done <"$pylist"
+  [ ${#reqs[@]} -gt 0 ] || exit 0
+  missing=0
+  for p in "${paths[@]}"; do [ -e "$pyvenv/$p" ] || missing=1; done
+  if [ "$missing" = 1 ]; then
+    echo "==> pip install ${reqs[*]} (into $pyvenv)"
+    [ -x "$pyvenv/bin/pip" ] || /usr/bin/python3 -m venv "$pyvenv"
+    "$pyvenv/bin/pip" install --disable-pip-version-check -q "${reqs[@]}"
+  fi
+  bad=0
+  for p in "${paths[@]}"; do
+    [ -e "$pyvenv/$p" ] || { echo "prerequisites: $pyvenv/$p is missing (prerequisites-pypi.list)" >&2; bad=1; }
+  done
+  exit "$bad"
 fi
 [ $# -gt 0 ] || { echo "prerequisites.sh: name at least one stage (build, test)" >&2; exit 2; }
 
@@ -89,5 +126,5 @@ case "$action" in
   install) install_missing "$@" ;;
   check) check "$@" ;;
   packages) packages "$@" ;;
-  *) echo "prerequisites.sh: unknown action $action (install, check, packages, cargo-dir)" >&2; exit 2 ;;
+  *) echo "prerequisites.sh: unknown action $action (install, check, packages, cargo-dir, pypi-install, pypi-dir)" >&2; exit 2 ;;
 esac

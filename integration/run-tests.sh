@@ -17,6 +17,8 @@ PATH="$(./prerequisites.sh cargo-dir):$PATH"
 # prerequisite helper accepts nothing else, and integration/tests/prerequisites.rs fails when a
 # test needs something the list does not install.
 ./prerequisites.sh install build test
+# Test tools from PyPI (kubernetes-validate), into weft's own venv: prerequisites-pypi.list.
+./prerequisites.sh pypi-install test
 
 echo "==> building cnitool (libcni $(dpkg-query -W -f='${Version}' golang-github-appc-cni-dev))"
 integration/cnitool/build.sh target/cnitool

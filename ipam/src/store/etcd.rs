@@ -592,6 +592,50 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Deletes every block key of this network held by `node` (`weft ipam release-node`): for a
+    /// node gone for good, whose pools went with it. Each delete is conditional on the key being
+    /// unchanged since it was read (`mod_revision`), so a block claimed anew meanwhile stays.
+    /// Returns the deleted keys.
+    pub fn release_node_blocks(&self, node: &str) -> Result<Vec<String>> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let prefix = format!("{}/blocks/", self.base);
+        self.run(deadline, |client| async move {
+            let kv = client.kv_client();
+            let resp = retrying(|| {
+                let (p, mut kv) = (prefix.clone(), kv.clone());
+                async move { kv.get(p, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+            let mut out = Vec::new();
+            for item in resp.kvs() {
+                let key = String::from_utf8_lossy(item.key()).into_owned();
+                // Only the holder matters here, not the block size.
+                match Holder::decode(item.value(), 0) {
+                    Ok(h) if h.node == node => {}
+                    _ => continue,
+                }
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        item.mod_revision(),
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                let r = retrying(|| {
+                    let (txn, mut kv) = (txn.clone(), kv.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+                if r.succeeded() {
+                    out.push(key);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 /// The block to claim: the one holding a requested static address (free, or code 11 naming its
 /// holder), or one of the lowest `2^attempt` free blocks picked at random so racing nodes spread.
 fn pick_target(
