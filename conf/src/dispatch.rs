@@ -103,6 +103,11 @@ pub fn run<P: Plugin>(plugin: &P, about: &str) -> ! {
     std::process::exit(code)
 }
 
+/// The most stdin a plugin reads: 4 MiB. A conflist with its `prevResult` is a few KiB, and a
+/// GC listing 10,000 attachments (more pods than any node runs) about 700 KiB; anything larger
+/// is not a network config, and reading it would only cost memory and time before failing.
+pub const MAX_STDIN: u64 = 4 << 20;
+
 /// [`run`] with the environment and stdio passed in, so the whole contract is unit-testable.
 /// Returns the exit code: 0 on success, 1 after printing an error.
 pub fn run_with<P: Plugin>(
@@ -114,7 +119,14 @@ pub fn run_with<P: Plugin>(
     stderr: &mut dyn Write,
 ) -> i32 {
     let mut input = Vec::new();
-    let outcome = match stdin.read_to_end(&mut input) {
+    let outcome = match stdin.take(MAX_STDIN + 1).read_to_end(&mut input) {
+        Ok(n) if n as u64 > MAX_STDIN => {
+            input.clear(); // never parsed: the error says which version it cannot know
+            Err(Error::invalid_config(format!(
+                "stdin is larger than {} MiB: that is no network config",
+                MAX_STDIN >> 20
+            )))
+        }
         Ok(_) => dispatch(plugin, &vars, &input),
         Err(e) => Err(Error::io(format!("error reading stdin: {e}"))),
     };
@@ -295,6 +307,41 @@ mod tests {
             serde_json::from_str::<Value>(&out).unwrap()["cniVersion"],
             "0.4.0"
         );
+    }
+
+    #[test]
+    fn stdin_past_the_cap_is_refused_without_reading_it_all() {
+        // A reader that would go on forever: only MAX_STDIN + 1 bytes are ever taken from it.
+        struct Endless(u64);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                buf.fill(b' ');
+                self.0 += buf.len() as u64;
+                Ok(buf.len())
+            }
+        }
+        let mut endless = Endless(0);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let rc = run_with(
+            &Echo,
+            "echo",
+            |k| (k == "CNI_COMMAND").then(|| "ADD".to_string()),
+            &mut endless,
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(rc, 1);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(err_code(&out), u64::from(code::INVALID_CONFIG), "{out}");
+        assert!(out.contains("larger than 4 MiB"), "{out}");
+        assert!(
+            endless.0 <= MAX_STDIN + 64 * 1024,
+            "read {} bytes",
+            endless.0
+        );
+        // Just under the cap is read and parsed (and fails as JSON, not as size).
+        let (_, out) = call("ADD", &" ".repeat(MAX_STDIN as usize));
+        assert_ne!(err_code(&out), u64::from(code::INVALID_CONFIG), "{out}");
     }
 
     #[test]

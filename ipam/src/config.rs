@@ -58,6 +58,8 @@ struct RawIpam {
     routes: Vec<RawRoute>,
     dns: Option<Dns>,
     network_name: Option<String>,
+    /// Allow ranges that include /0, unspecified, broadcast, loopback or multicast addresses.
+    allow_special_ranges: bool,
     log_file: Option<PathBuf>,
     log_level: Option<String>,
     store: Option<RawStore>,
@@ -92,13 +94,31 @@ pub struct EtcdConfig {
     pub prefix: String,
     pub tls: Option<EtcdTls>,
     /// Credentials; the password is only ever read from a file so it stays out of configs.
-    pub username: Option<String>,
+    pub username: Option<Username>,
     pub password_file: Option<PathBuf>,
     /// Bound on one whole verb against etcd; past it the verb fails with code 11.
     pub timeout: Duration,
     /// Node-local directory (`store.dir`): this node's pool and block list live under
     /// `<lock_dir>/_etcd/<node>/<network>/` (see store::etcd).
     pub lock_dir: PathBuf,
+}
+
+/// `store.username`, or `store.username_file` (read when etcd is needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Username {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl Username {
+    pub fn resolve(&self) -> Result<String> {
+        match self {
+            Username::Inline(u) => Ok(u.clone()),
+            Username::File(f) => std::fs::read_to_string(f)
+                .map(|u| u.trim().to_string())
+                .map_err(|e| bad(format!("store.username_file {}: {e}", f.display()))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +235,7 @@ fn raw_ranges(raw: &RawIpam) -> Result<Vec<RawRange>> {
 /// belong, and checked against each other.
 fn ranges(raw: &RawIpam) -> Result<Vec<Range>> {
     let raws = raw_ranges(raw)?;
+    let allow_special = raw.allow_special_ranges;
     // Top-level gateway: attach it to the first range whose subnet contains it.
     let mut top_gw = raw.top.gateway.filter(|_| raw.top.range.is_none());
     let top_slice = parse_slice(raw.top.node_slice_size.as_ref())?;
@@ -222,7 +243,10 @@ fn ranges(raw: &RawIpam) -> Result<Vec<Range>> {
     let mut top_slice_used = raw.top.range.is_some();
     let mut ranges = Vec::with_capacity(raws.len());
     for (i, rr) in raws.iter().enumerate() {
-        let mut spec = range_spec(i, rr)?;
+        let mut spec = RangeSpec {
+            allow_special,
+            ..range_spec(i, rr)?
+        };
         if spec.gateway.is_none() {
             if let Some(gw) = top_gw.filter(|gw| subnet_of(&spec).is_ok_and(|s| s.contains(*gw))) {
                 spec.gateway = Some(gw);
@@ -269,6 +293,7 @@ fn range_spec(i: usize, rr: &RawRange) -> Result<RangeSpec> {
         exclude: rr.exclude.clone(),
         gateway: rr.gateway,
         slice: parse_slice(rr.node_slice_size.as_ref())?,
+        allow_special: false,
     })
 }
 
@@ -351,6 +376,40 @@ fn local_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// An etcd endpoint as etcd and its clients write them: `[http[s]://]host[:port]`, the host a
+/// DNS name, an IPv4 address or a bracketed IPv6 address. Code 7 otherwise: a config that can
+/// never connect is not a reason to retry (11).
+fn check_endpoint(e: &str) -> Result<()> {
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .unwrap_or(e);
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, p)) if h.parse::<std::net::Ipv6Addr>().is_ok() => (h, p.strip_prefix(':')),
+            _ => ("", None),
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if host_ok && port_ok && !rest.contains('/') {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "store.endpoints entry {e:?} is not an etcd endpoint (http[s]://host:port)"
+        )))
+    }
+}
+
 fn store_config(raw: RawStore) -> Result<StoreConfig> {
     match raw.kind.as_deref().unwrap_or("file") {
         "file" => Ok(StoreConfig::File {
@@ -366,14 +425,14 @@ fn store_config(raw: RawStore) -> Result<StoreConfig> {
                     "store.prefix {prefix:?} must start with '/' and not end with '/'"
                 )));
             }
+            for e in &raw.endpoints {
+                check_endpoint(e)?;
+            }
+            // Files are read when etcd is needed (ADD, STATUS, GC), never by DEL and CHECK,
+            // which are local and must work without what only ADD needs.
             let username = match (raw.username, raw.username_file) {
-                (Some(u), None) => Some(u),
-                (None, Some(f)) => Some(
-                    std::fs::read_to_string(&f)
-                        .map_err(|e| bad(format!("store.username_file {}: {e}", f.display())))?
-                        .trim()
-                        .to_string(),
-                ),
+                (Some(u), None) => Some(Username::Inline(u)),
+                (None, Some(f)) => Some(Username::File(f)),
                 (None, None) => None,
                 (Some(_), Some(_)) => {
                     return Err(bad(
@@ -538,6 +597,37 @@ mod tests {
         ] {
             refused(v, needle);
         }
+    }
+
+    #[test]
+    fn etcd_endpoints_that_can_never_connect_are_code_7() {
+        for bad in [
+            "not a url",
+            "",
+            "http://",
+            "http://h:99999",
+            "http://h:2379/x",
+            "[zz]:1",
+        ] {
+            refused(
+                json!({"range": "10.0.0.0/24", "store": {"type": "etcd", "endpoints": [bad]}}),
+                "store.endpoints",
+            );
+        }
+        for good in [
+            "http://127.0.0.1:2379",
+            "https://etcd-0.etcd.svc:2379",
+            "http://[::1]:2379",
+            "localhost:2379",
+        ] {
+            parse(json!({"range": "10.0.0.0/24", "store": {"type": "etcd", "endpoints": [good]}}))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        // A username_file is read when etcd is needed, not when the config is parsed (DEL).
+        parse(json!({"range": "10.0.0.0/24", "store": {"type": "etcd",
+            "endpoints": ["http://127.0.0.1:2379"], "username_file": "/nonexistent/user",
+            "password_file": "/nonexistent/pw"}}))
+        .unwrap();
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct RangeSpec {
     pub gateway: Option<IpAddr>,
     /// `node_slice_size` as a prefix length; `None` = the default for the family.
     pub slice: Option<u8>,
+    /// `allow_special_ranges`: hand out addresses no pod should get (see [`Subnet::special`]).
+    pub allow_special: bool,
 }
 
 fn bad(msg: String) -> IpamError {
@@ -290,6 +292,30 @@ impl Subnet<'_> {
             .collect()
     }
 
+    /// What in `[start, end]` is no address a pod can use: the whole address space (/0), the
+    /// unspecified address, the IPv4 limited broadcast, loopback, multicast. Refused unless the
+    /// config says `allow_special_ranges` (labs that really want them).
+    fn special(&self, start: IpAddr, end: IpAddr) -> Option<&'static str> {
+        let (lo, hi) = (to_u128(start), to_u128(end));
+        let overlaps = |net: &str| {
+            let (a, b) = span(&net.parse::<IpNetwork>().expect("constant CIDR"));
+            a <= hi && lo <= b
+        };
+        if self.net.prefix() == 0 {
+            return Some("/0 (every address)");
+        }
+        match self.family {
+            Family::V4 if overlaps("0.0.0.0/32") => Some("the unspecified address 0.0.0.0"),
+            Family::V4 if overlaps("255.255.255.255/32") => Some("the broadcast 255.255.255.255"),
+            Family::V4 if overlaps("127.0.0.0/8") => Some("loopback 127.0.0.0/8"),
+            Family::V4 if overlaps("224.0.0.0/4") => Some("multicast 224.0.0.0/4"),
+            Family::V6 if overlaps("::/128") => Some("the unspecified address ::"),
+            Family::V6 if overlaps("::1/128") => Some("loopback ::1"),
+            Family::V6 if overlaps("ff00::/8") => Some("multicast ff00::/8"),
+            _ => None,
+        }
+    }
+
     /// `node_slice_size`, or the default (/26, /122; the whole subnet when it is smaller).
     fn slice(&self, given: Option<u8>) -> Result<u8> {
         let default = match self.family {
@@ -322,6 +348,12 @@ impl Range {
             hi,
         };
         let (start, end) = subnet.bounds(spec, written, dash_end)?;
+        if let Some(what) = subnet.special(start, end).filter(|_| !spec.allow_special) {
+            return Err(bad(format!(
+                "range {} ({start}-{end}) includes {what}, which no pod can use; set \"allow_special_ranges\": true if that is really meant",
+                subnet.name
+            )));
+        }
         let gateway = subnet.gateway(spec.gateway)?;
         let mut reserved = subnet.unusable();
         reserved.extend(gateway.map(|gw| (to_u128(gw), to_u128(gw))));
@@ -530,6 +562,35 @@ mod tests {
     }
 
     #[test]
+    fn ranges_no_pod_can_use_are_refused_unless_allowed() {
+        for text in [
+            "0.0.0.0/32",
+            "255.255.255.255/32",
+            "::/128",
+            "10.0.0.0/0",
+            "127.0.0.0/24",
+            "224.1.0.0/24",
+            "ff02::/120",
+            "0.0.0.0/24",
+        ] {
+            let e = Range::new(&r(text)).unwrap_err();
+            assert_eq!(e.code(), 7, "{text}");
+            assert!(
+                e.to_string().contains("allow_special_ranges"),
+                "{text}: {e}"
+            );
+            Range::new(&RangeSpec {
+                allow_special: true,
+                ..r(text)
+            })
+            .unwrap_or_else(|e| panic!("{text} with allow_special_ranges: {e}"));
+        }
+        // The edge of a normal range is fine.
+        Range::new(&r("223.255.255.0/24")).unwrap();
+        Range::new(&r("1.0.0.0/24")).unwrap();
+    }
+
+    #[test]
     fn excludes_and_start_end() {
         let spec = RangeSpec {
             range: "10.0.0.0/24".into(),
@@ -538,6 +599,7 @@ mod tests {
             exclude: vec!["10.0.0.8/30".into(), "10.0.0.12".into()],
             gateway: None,
             slice: None,
+            allow_special: false,
         };
         let range = Range::new(&spec).unwrap();
         assert_eq!(range.lowest_free([]), Some(ip("10.0.0.13")));
@@ -577,12 +639,17 @@ mod tests {
             Some(ip("fd00::ffff:ffff:ffff:ffff")),
             "no broadcast in IPv6"
         );
-        // ::/0 must not overflow.
-        let all = Range::new(&r("::/0")).unwrap();
+        // ::/0 must not overflow (a range only `allow_special_ranges` lets through).
+        let all = Range::new(&RangeSpec {
+            allow_special: true,
+            ..r("::/0")
+        })
+        .unwrap();
         assert_eq!(all.lowest_free([]), Some(ip("::2")));
         let last = RangeSpec {
             range: "::/0".into(),
             range_start: Some(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+            allow_special: true,
             ..Default::default()
         };
         let last = Range::new(&last).unwrap();

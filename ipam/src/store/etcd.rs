@@ -355,6 +355,7 @@ impl EtcdStore {
             .with_timeout(per_request)
             .with_require_leader(true);
         if let (Some(user), Some(pw_file)) = (&self.cfg.username, &self.cfg.password_file) {
+            let user = user.resolve()?;
             let pw = std::fs::read_to_string(pw_file).map_err(|e| {
                 IpamError::Config(format!("store.password_file {}: {e}", pw_file.display()))
             })?;
@@ -758,9 +759,17 @@ impl Store for EtcdStore {
 }
 
 fn tls_options(tls: &crate::config::EtcdTls) -> Result<etcd_client::TlsOptions> {
+    // A file that is not PEM can never work: code 7 here, not 11 from a failed handshake.
     let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| IpamError::Config(format!("store.tls file {}: {e}", p.display())))
+        let bytes = std::fs::read(p)
+            .map_err(|e| IpamError::Config(format!("store.tls file {}: {e}", p.display())))?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(IpamError::Config(format!(
+                "store.tls file {} is not PEM (no -----BEGIN line)",
+                p.display()
+            )));
+        }
+        Ok(bytes)
     };
     let mut t = etcd_client::TlsOptions::new();
     if let Some(ca) = &tls.ca {

@@ -42,12 +42,16 @@ use crate::config::validate_network_name;
 use crate::error::{IpamError, Result};
 use host::lock::{lock_file, Locked};
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const HEADER: &str = "weft-ipam pool v2";
+/// The spare kept so that freeing addresses works on a full disk (see `save_shrunk`).
+const SPARE: &str = "spare";
+const SPARE_STEP: u64 = 4096;
 /// What releases before network scoping wrote: no network per reservation.
 const HEADER_V1: &str = "weft-ipam pool v1";
 /// The network field of a legacy reservation.
@@ -88,13 +92,8 @@ impl FileStore {
     /// Reads the pool; a missing file is an empty pool. Call with the lock held.
     fn load(&self) -> Result<Pool> {
         let path = self.pool_path();
-        let mut text = String::new();
-        match File::open(&path) {
-            Ok(mut f) => f
-                .read_to_string(&mut text)
-                .map_err(|e| io_err("cannot read", &path, e))?,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Pool::default()),
-            Err(e) => return Err(io_err("cannot open", &path, e)),
+        let Some(text) = self.read_optional("pool")? else {
+            return Ok(Pool::default());
         };
         parse(&text).map_err(|why| {
             IpamError::Corrupt(format!("pool file {} is corrupt: {why}", path.display()))
@@ -103,7 +102,54 @@ impl FileStore {
 
     /// Replaces the pool atomically. Call with the lock held.
     fn save(&self, pool: &Pool) -> Result<()> {
-        self.write_atomic("pool", &render(pool))
+        let text = render(pool);
+        self.write_atomic("pool", &text)?;
+        self.keep_spare(text.len() as u64);
+        Ok(())
+    }
+
+    /// A write that only frees reservations (DEL, GC) must finish on a full disk too, yet the
+    /// new pool needs new blocks before the old ones go. So the store keeps `spare`, a file at
+    /// least as large as the pool: when such a write finds no space, the spare is given up,
+    /// the write retried, and the spare made again when there is room.
+    fn save_shrunk(&self, pool: &Pool) -> Result<()> {
+        let text = render(pool);
+        match self.write_atomic("pool", &text) {
+            Err(IpamError::Host(e)) if e.is_no_space() => {
+                tracing::warn!(dir = %self.dir.display(), "disk full: using the spare to free addresses");
+                let _ = fs::remove_file(self.dir.join(SPARE));
+                self.write_atomic("pool", &text)?;
+                self.keep_spare(text.len() as u64);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Grows `spare` (allocated for real, not sparse) to cover a pool of `len` bytes; best
+    /// effort, and a no-op unless the pool outgrew it (every 4 KiB of pool, ~60 reservations).
+    fn keep_spare(&self, len: u64) {
+        let want = len.div_ceil(SPARE_STEP).max(1) * SPARE_STEP;
+        let path = self.dir.join(SPARE);
+        let have = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if have >= want {
+            return;
+        }
+        let grown = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, want as i64)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = grown {
+            tracing::debug!(error = %e, "could not grow the spare (disk full?)");
+        }
     }
 
     /// Replaces `<dir>/<name>` atomically ([`host::fsio::write_atomic`], fdatasync'd). Call with
@@ -122,10 +168,19 @@ impl FileStore {
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub(crate) fn read_optional(&self, name: &str) -> Result<Option<String>> {
         let path = self.dir.join(name);
-        match fs::read_to_string(&path) {
-            Ok(t) => Ok(Some(t)),
+        // Never through a link planted at the file's name: state is only what we wrote.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path);
+        let mut text = String::new();
+        match file {
+            Ok(mut f) => f
+                .read_to_string(&mut text)
+                .map(|_| Some(text))
+                .map_err(|e| io_err("cannot read", &path, e)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot read", &path, e)),
+            Err(e) => Err(io_err("cannot open", &path, e)),
         }
     }
 
@@ -147,8 +202,11 @@ impl FileStore {
         host::fsio::sweep_stale_temps(&self.dir);
         test_pause();
         let mut pool = self.load()?;
+        let before = pool.map.len();
         let (out, changed) = f(&mut pool)?;
-        if changed {
+        if changed && pool.map.len() < before {
+            self.save_shrunk(&pool)?;
+        } else if changed {
             self.save(&pool)?;
         }
         test_pause();

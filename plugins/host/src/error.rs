@@ -91,6 +91,12 @@ impl HostError {
 /// - `CorruptRecord` → 101 (`STATE`).
 /// - netlink, setns, thread, wrong link kind → 100 (`HOST`).
 impl HostError {
+    /// An I/O error that is a full filesystem (ENOSPC, EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, HostError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)))
+    }
+
     pub fn code(&self) -> u32 {
         match self {
             HostError::NetnsMissing { .. } => code::UNKNOWN_CONTAINER,

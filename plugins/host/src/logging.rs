@@ -25,10 +25,13 @@ pub fn init(level: Option<&str>, file: Option<&Path>) {
             .with_ansi(false);
         let file = file.and_then(|p| {
             use std::os::unix::fs::OpenOptionsExt;
+            // Never through a link planted at the log's name (it would make us append to any
+            // file); a log that cannot be opened falls back to stderr.
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
                 .open(p)
                 .ok()
         });

@@ -32,42 +32,104 @@ use crate::HostError;
 
 const SEPARATOR: char = ':';
 const LOCK_FILE: &str = "lock";
-/// ifnames are at most IFNAMSIZ - 1 bytes.
-const MAX_IFNAME: usize = 15;
-/// Keeps `<id>:<ifname>` within NAME_MAX (255) so a long ID is a clear error, not ENAMETOOLONG.
-const MAX_CONTAINER_ID: usize = 255 - 1 - MAX_IFNAME;
+/// NAME_MAX: the longest file (and directory) name.
+const NAME_MAX: usize = 255;
+/// Prefix of the file name of a record whose `<id>:<ifname>` would not fit NAME_MAX. No
+/// container ID starts with `~`, so such a name never reads as a key.
+const HASHED_PREFIX: char = '~';
 
-/// Checks a key's parts against what fits a file name (conf validated their characters).
-fn check_key(key: &AttachmentKey) -> Result<(), HostError> {
-    if key.container_id().len() > MAX_CONTAINER_ID {
-        return Err(HostError::InvalidKey {
-            what: "container ID",
-            value: key.container_id().to_owned(),
-            reason: format!("container ID is longer than {MAX_CONTAINER_ID} bytes"),
-        });
-    }
-    if key.network().is_some_and(|n| n.len() > 255) {
-        return Err(HostError::InvalidKey {
+/// The network directory name fits (record dirs are named after networks).
+fn check_network(key: &AttachmentKey) -> Result<(), HostError> {
+    match key.network() {
+        Some(n) if n.len() > NAME_MAX => Err(HostError::InvalidKey {
             what: "network name",
-            value: key.network().unwrap_or_default().to_owned(),
-            reason: "network name is longer than 255 bytes".into(),
-        });
+            value: n.to_owned(),
+            reason: format!("network name is longer than {NAME_MAX} bytes"),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
+/// `<containerID>:<ifname>`, or for a key too long for a file name (libcni sets no limit on
+/// container IDs) `~<128-bit hash of the key>`, a file that also holds the full key.
 fn file_name(key: &AttachmentKey) -> String {
-    format!("{}{SEPARATOR}{}", key.container_id(), key.ifname())
+    let plain = format!("{}{SEPARATOR}{}", key.container_id(), key.ifname());
+    if plain.len() <= NAME_MAX {
+        return plain;
+    }
+    let parts = [
+        key.network().unwrap_or_default(),
+        key.container_id(),
+        key.ifname(),
+    ];
+    // Two FNV-1a runs with different offsets: 128 bits, stable across builds; the key stored
+    // in the file settles the (astronomically unlikely) collision.
+    let fnv = |mut h: u64| {
+        for b in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+        h
+    };
+    format!(
+        "{HASHED_PREFIX}{:016x}{:016x}",
+        fnv(0xcbf29ce484222325),
+        fnv(0x84222325cbf29ce4)
+    )
 }
 
-/// The key a record file name stands for; `None` for temp files, the lock and foreign names.
-fn key_from_file_name(network: Option<&str>, name: &str) -> Option<AttachmentKey> {
+fn is_hashed(name: &str) -> bool {
+    name.starts_with(HASHED_PREFIX)
+}
+
+/// What a hashed-name record file holds: the key its name cannot, and the record.
+#[derive(Serialize, serde::Deserialize)]
+struct Envelope<T> {
+    weft_key: StoredKey,
+    record: T,
+}
+
+#[derive(Serialize, serde::Deserialize, PartialEq)]
+struct StoredKey {
+    network: Option<String>,
+    container_id: String,
+    ifname: String,
+}
+
+impl StoredKey {
+    fn of(key: &AttachmentKey) -> Self {
+        StoredKey {
+            network: key.network().map(str::to_owned),
+            container_id: key.container_id().to_owned(),
+            ifname: key.ifname().to_owned(),
+        }
+    }
+
+    fn key(&self) -> Option<AttachmentKey> {
+        match &self.network {
+            Some(n) => AttachmentKey::new(n, &self.container_id, &self.ifname),
+            None => AttachmentKey::legacy(&self.container_id, &self.ifname),
+        }
+        .ok()
+    }
+}
+
+/// The key a record file in `dir` stands for; `None` for temp files, the lock and foreign
+/// names. A hashed name is read for its key.
+fn key_from_file_name(dir: &Path, network: Option<&str>, name: &str) -> Option<AttachmentKey> {
+    if is_hashed(name) {
+        let bytes = fs::read(dir.join(name)).ok()?;
+        let env: Envelope<serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+        return env
+            .weft_key
+            .key()
+            .filter(|k| k.network() == network && file_name(k) == name);
+    }
     let (cid, ifname) = name.split_once(SEPARATOR)?;
-    let key = match network {
+    match network {
         Some(n) => AttachmentKey::new(n, cid, ifname),
         None => AttachmentKey::legacy(cid, ifname),
-    };
-    key.ok().filter(|k| check_key(k).is_ok())
+    }
+    .ok()
 }
 
 /// A directory of attachment records for one plugin.
@@ -119,32 +181,47 @@ impl RecordStore {
 
     /// Atomically replaces the record for `key` with `value` as JSON.
     pub fn write<T: Serialize>(&self, key: &AttachmentKey, value: &T) -> Result<(), HostError> {
-        check_key(key)?;
-        let mut bytes = serde_json::to_vec_pretty(value)
+        check_network(key)?;
+        let name = file_name(key);
+        let encoded = if is_hashed(&name) {
+            serde_json::to_vec_pretty(&Envelope {
+                weft_key: StoredKey::of(key),
+                record: value,
+            })
+        } else {
+            serde_json::to_vec_pretty(value)
+        };
+        let mut bytes = encoded
             .map_err(|e| HostError::io(format!("encode record {key}"), io::Error::other(e)))?;
         bytes.push(b'\n');
         let dir = self.dir_of(key);
         fsio::ensure_private_dir(&self.dir)?;
         fsio::ensure_private_dir(&dir)?;
-        fsio::write_atomic(&dir, &file_name(key), &bytes, Durability::Full)
+        fsio::write_atomic(&dir, &name, &bytes, Durability::Full)
     }
 
     /// The record for `key`; `Ok(None)` if there is none. A record that does not decode as `T`
     /// is [`HostError::CorruptRecord`].
     pub fn read<T: DeserializeOwned>(&self, key: &AttachmentKey) -> Result<Option<T>, HostError> {
-        check_key(key)?;
+        if check_network(key).is_err() {
+            return Ok(None); // a record that could not have been written is not there
+        }
         let path = self.path(key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(HostError::io(format!("read {}", path.display()), e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| HostError::CorruptRecord {
-                path,
-                reason: e.to_string(),
-            })
+        let corrupt = |e: serde_json::Error| HostError::CorruptRecord {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        if !is_hashed(&file_name(key)) {
+            return serde_json::from_slice(&bytes).map(Some).map_err(corrupt);
+        }
+        let env: Envelope<T> = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        // Another key with the same hash: not this key's record.
+        Ok((env.weft_key == StoredKey::of(key)).then_some(env.record))
     }
 
     /// The record serving a request for `key`: its own, else a legacy record of the same
@@ -166,7 +243,9 @@ impl RecordStore {
 
     /// Removes the record for `key`; `Ok(false)` if there was none.
     pub fn remove(&self, key: &AttachmentKey) -> Result<bool, HostError> {
-        check_key(key)?;
+        if check_network(key).is_err() {
+            return Ok(false);
+        }
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -216,6 +295,31 @@ impl RecordStore {
         list_keys(&self.dir, None)
     }
 
+    /// Whether a record could be written now (STATUS): the directory is ours and a file can be
+    /// created, written and removed in it (a read-only or full filesystem fails here).
+    pub fn check_writable(&self) -> Result<(), HostError> {
+        fsio::ensure_private_dir(&self.dir)?;
+        let probe = format!(".status-probe-{}", std::process::id());
+        // Enough bytes to need a data block: a full filesystem refuses them.
+        let result = fsio::write_atomic(&self.dir, &probe, &[0u8; 4096], Durability::Cache);
+        let _ = fs::remove_file(self.dir.join(&probe));
+        result
+    }
+
+    /// Removes temp files left by processes killed mid-write, in the store and every network
+    /// directory; returns how many (GC calls this).
+    pub fn sweep_temps(&self) -> usize {
+        let mut removed = fsio::sweep_stale_temps(&self.dir);
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    removed += fsio::sweep_stale_temps(&entry.path());
+                }
+            }
+        }
+        removed
+    }
+
     /// Takes the store's exclusive lock, blocking until it is free. Runtimes serialize calls per
     /// container only, so read-modify-write of shared state must hold this.
     pub fn lock(&self) -> Result<StoreLock, HostError> {
@@ -235,7 +339,10 @@ fn list_keys(dir: &Path, network: Option<&str>) -> Result<Vec<AttachmentKey>, Ho
     for entry in entries {
         let entry = entry.map_err(|e| HostError::io(format!("list {}", dir.display()), e))?;
         let name = entry.file_name();
-        match name.to_str().and_then(|n| key_from_file_name(network, n)) {
+        match name
+            .to_str()
+            .and_then(|n| key_from_file_name(dir, network, n))
+        {
             Some(key) => keys.push(key),
             None => tracing::debug!(file = ?name, dir = %dir.display(), "not a record"),
         }
@@ -345,21 +452,40 @@ mod tests {
     }
 
     #[test]
-    fn too_long_keys_are_refused_before_touching_the_disk() {
+    fn container_ids_too_long_for_a_file_name_are_stored_under_a_hash() {
         let (_t, s) = store();
-        let long_id = "a".repeat(MAX_CONTAINER_ID + 1);
+        // libcni has no length limit; 1000 bytes is far past NAME_MAX.
+        let long_id = "a".repeat(1000);
         let k = AttachmentKey::new("net1", &long_id, "eth0").unwrap();
-        let e = s.write(&k, &1u8).unwrap_err();
-        assert!(matches!(e, HostError::InvalidKey { .. }), "{e}");
-        assert_eq!(conf::Error::from(e).code, conf::code::INVALID_ENV);
-        assert!(!s.dir().exists(), "nothing created");
-        assert!(s.read::<u8>(&k).is_err());
+        assert_eq!(s.read::<u8>(&k).unwrap(), None, "DEL of nothing: nothing");
+        assert!(!s.remove(&k).unwrap());
+        s.write(&k, &rec("ns", 5)).unwrap();
+        let name = fs::read_dir(s.dir().join("net1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .next()
+            .unwrap();
+        assert!(name.starts_with('~') && name.len() == 33, "{name}");
+        assert_eq!(s.read::<Rec>(&k).unwrap(), Some(rec("ns", 5)));
+        assert_eq!(
+            s.keys("net1").unwrap(),
+            vec![k.clone()],
+            "the key comes back whole"
+        );
+        // Another long ID (same length, other content) is another record.
+        let other = AttachmentKey::new("net1", &"b".repeat(1000), "eth0").unwrap();
+        assert_eq!(s.read::<Rec>(&other).unwrap(), None);
+        assert!(s.remove(&k).unwrap());
+        assert!(s.keys("net1").unwrap().is_empty());
+        let too_long_net = AttachmentKey::new(&"n".repeat(300), "c1", "eth0").unwrap();
+        assert!(s.write(&too_long_net, &1u8).is_err());
+        assert_eq!(s.read::<u8>(&too_long_net).unwrap(), None);
     }
 
     #[test]
     fn longest_key_fits_in_a_file_name() {
         let (_t, s) = store();
-        let k = key(&"a".repeat(MAX_CONTAINER_ID), "0123456789abcde");
+        let k = key(&"a".repeat(NAME_MAX - 1 - 15), "0123456789abcde");
         s.write(&k, &1u8).unwrap();
         assert_eq!(s.keys("net1").unwrap(), vec![k]);
     }

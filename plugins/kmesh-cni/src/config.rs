@@ -1,11 +1,11 @@
 //! kmesh-cni's own config keys, and the per-pod decisions derived from them (fast path on or
 //! off, mesh enrolment) without any Kubernetes API call on the ADD path.
 
-use crate::error::Result;
+use crate::error::{KmeshError, Result};
 use conf::Request;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 /// How to attach the tc program to the pod's host-side veth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -78,6 +78,43 @@ pub struct PodPolicy {
 impl KmeshConf {
     pub fn from_request(req: &Request) -> Result<KmeshConf> {
         Ok(req.conf.plugin()?)
+    }
+
+    /// `pinRoot` must name a place on bpffs before anything is created there: absolute, no `..`
+    /// components, and under /sys/fs/bpf (weft mounts bpffs there if needed) or on
+    /// another bpffs mount. Code 7 otherwise: a config that can never work.
+    pub fn check_pin_root(&self) -> Result<()> {
+        let root = &self.pin_root;
+        let bad = |why: &str| {
+            Err(KmeshError::Config(format!(
+                "pinRoot {:?} {why}",
+                root.display().to_string()
+            )))
+        };
+        if root.as_os_str().is_empty() || !root.is_absolute() {
+            return bad("must be an absolute path on bpffs");
+        }
+        if root
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return bad("must not contain .. components");
+        }
+        if root.starts_with(bpf::BPFFS) {
+            return Ok(());
+        }
+        // Elsewhere only on a bpffs mounted there already: the nearest existing ancestor.
+        let existing = root
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        match bpf::is_bpffs(existing) {
+            Ok(true) => Ok(()),
+            _ => bad(&format!(
+                "is not under {} nor on a BPF filesystem",
+                bpf::BPFFS
+            )),
+        }
     }
 
     /// Decides fast path and enrolment: pod annotations first, then `CNI_ARGS`, then config.
@@ -177,6 +214,25 @@ mod tests {
         assert!(!policy(c, "").fast_path);
         let off = json!({"cniVersion":"1.0.0","name":"n","type":"kmesh-cni","mode":"off"});
         assert!(!policy(off, "").fast_path);
+    }
+
+    #[test]
+    fn pin_roots_off_bpffs_are_invalid_config() {
+        for bad in ["", "relative/weft", "/sys/fs/bpf/../../tmp/x", "/tmp/weft"] {
+            let c = KmeshConf {
+                pin_root: bad.into(),
+                ..KmeshConf::default()
+            };
+            let e = c.check_pin_root().unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}: {e}");
+        }
+        for good in ["/sys/fs/bpf/weft", "/sys/fs/bpf/weft-test/x"] {
+            let c = KmeshConf {
+                pin_root: good.into(),
+                ..KmeshConf::default()
+            };
+            c.check_pin_root().unwrap();
+        }
     }
 
     #[test]

@@ -89,8 +89,18 @@ pub fn attach(
     match result {
         Ok(()) => {
             record.state = State::Attached;
-            store.write(key, &record)?;
-            Ok(record)
+            match final_write(store, key, &record) {
+                Ok(()) => Ok(record),
+                // Everything is in place but the record cannot say so (a full disk): a failed
+                // ADD leaves nothing, so take it all back (the Attaching record on disk still
+                // lists it all, and removing files needs no space).
+                Err(e) => {
+                    if let Err(undo) = detach(store, key, pin_root, &record) {
+                        tracing::error!(error = %undo, "undoing an ADD whose record could not be finished");
+                    }
+                    Err(e.into())
+                }
+            }
         }
         Err(e) => {
             if let Err(undo) = detach(store, key, pin_root, &record) {
@@ -99,6 +109,23 @@ pub fn attach(
             Err(e)
         }
     }
+}
+
+/// The record write that completes an ADD. Debug builds only: `WEFT_KMESH_TEST_FAIL_FINAL_WRITE`
+/// makes it fail as a full disk would, which a test cannot time otherwise.
+fn final_write(
+    store: &RecordStore,
+    key: &AttachmentKey,
+    record: &Record,
+) -> std::result::Result<(), host::HostError> {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("WEFT_KMESH_TEST_FAIL_FINAL_WRITE").is_some() {
+        return Err(host::HostError::Io {
+            context: "test hook: final record write".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+    }
+    store.write(key, record)
 }
 
 /// Undoes everything `record` (stored under `key`) lists that is still ours, then drops the

@@ -27,7 +27,16 @@ struct Context {
 }
 
 impl Context {
+    /// For the verbs that create or read pins: the pin root must be valid first.
     fn new(req: &Request) -> Result<Context> {
+        let ctx = Self::tolerant(req)?;
+        ctx.conf.check_pin_root()?;
+        Ok(ctx)
+    }
+
+    /// For DEL, which undoes what the record says and must finish whatever the config says
+    /// now: an invalid `pinRoot` only means no map of a record without its own root is found.
+    fn tolerant(req: &Request) -> Result<Context> {
         let conf = KmeshConf::from_request(req)?;
         host::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
         Ok(Context {
@@ -115,7 +124,7 @@ impl Verbs for KmeshCni {
     /// on a missing or unreadable prevResult: a failing DEL stops the runtime from running the
     /// plugins after us, which is how addresses leak (cilium #8313).
     fn del(&self, req: &Request) -> Result<()> {
-        let ctx = Context::new(req)?;
+        let ctx = Context::tolerant(req)?;
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
         match ctx.store.find::<Record>(&key)? {
@@ -171,6 +180,10 @@ impl Verbs for KmeshCni {
         let network = &req.conf.name;
         let valid = req.conf.valid_attachment_keys()?;
         let _lock = ctx.store.lock()?;
+        let swept = ctx.store.sweep_temps();
+        if swept > 0 {
+            tracing::info!(swept, "removed temp files of killed writers");
+        }
         let mut failures = Vec::new();
         let mut fail = |key: &AttachmentKey, e: KmeshError| failures.push(format!("{key}: {e}"));
         for key in ctx.store.keys(network)? {
@@ -227,6 +240,12 @@ impl Verbs for KmeshCni {
     /// Cheap: bpffs and the maps are reachable and the kernel has what the mode needs.
     fn status(&self, req: &Request) -> Result<()> {
         let ctx = Context::new(req)?;
+        // ADD writes a record before anything else: a state dir that cannot take one now
+        // (read-only, full) means every ADD would fail.
+        ctx.store
+            .check_writable()
+            .map_err(KmeshError::from)
+            .map_err(KmeshError::not_available)?;
         features::choose(ctx.conf.mode, ctx.store.dir()).map_err(KmeshError::not_available)?;
         if ctx.conf.mode != config::Mode::Off {
             bpf::Maps::open_or_create(&ctx.pin_root)

@@ -143,6 +143,7 @@ impl Plugin for Sriov {
         let valid = req.conf.valid_attachment_keys()?;
         let mut errors = Vec::new();
         let outcome = self.with_ctx(req, |ctx| {
+            ctx.store.sweep_temps();
             let mut failures = Vec::new();
             for key in ctx.store.keys(&req.conf.name)? {
                 if valid.contains(&key) {
