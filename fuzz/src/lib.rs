@@ -31,7 +31,10 @@ fn env(command: &str, cni_args: &str) -> Option<Env> {
 /// config does not parse (that part is the `netconf` target's).
 fn request(stdin: &[u8]) -> Option<Request> {
     Some(Request {
-        env: env("ADD", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fuzz")?,
+        env: env(
+            "ADD",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fuzz",
+        )?,
         conf: NetConf::parse(stdin).ok()?,
         stdin: stdin.to_vec(),
     })
@@ -100,7 +103,10 @@ pub mod conflist {
             // The stdin a runtime hands plugin i: when a plugin can read it, it reads the
             // list's name and version.
             if let Ok(c) = NetConf::parse(&serde_json::to_vec(&pc).unwrap()) {
-                assert_eq!((c.name.as_str(), c.cni_version), (l.name.as_str(), l.cni_version));
+                assert_eq!(
+                    (c.name.as_str(), c.cni_version),
+                    (l.name.as_str(), l.cni_version)
+                );
             }
         }
         assert!(l.plugin_conf(l.plugins.len()).is_none());
@@ -214,7 +220,8 @@ pub mod gc_attachments {
         } else {
             "cni.dev/attachments"
         };
-        let mut stdin = serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "weft-ipam"});
+        let mut stdin =
+            serde_json::json!({"cniVersion": "1.1.0", "name": "net1", "type": "weft-ipam"});
         stdin[key] = list;
         let c = NetConf::parse(&serde_json::to_vec(&stdin).unwrap()).expect("fixed GC config");
         let keys = c.valid_attachment_keys();
@@ -271,7 +278,7 @@ pub mod dispatch {
         };
         let verb = VERBS[usize::from(sel) % VERBS.len()];
         let vars = |k: &str| {
-            Some(match k {
+            let v = match k {
                 "CNI_COMMAND" => verb,
                 "CNI_CONTAINERID" => "c0ffee",
                 "CNI_NETNS" => "/var/run/netns/fuzz",
@@ -279,11 +286,12 @@ pub mod dispatch {
                 "CNI_PATH" => "/nonexistent/weft-fuzz",
                 "CNI_ARGS" => "IgnoreUnknown=1",
                 _ => return None,
-            })
-            .map(str::to_owned)
+            };
+            Some(v.to_owned())
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = conf::dispatch::run_with(&Echo, "weft-fuzz", vars, &mut stdin, &mut out, &mut err);
+        let code =
+            conf::dispatch::run_with(&Echo, "weft-fuzz", vars, &mut stdin, &mut out, &mut err);
         let text = String::from_utf8(out).expect("stdout is UTF-8");
         match code {
             0 if matches!(verb, "ADD" | "VERSION") => {
@@ -345,7 +353,10 @@ pub mod ipam_config {
             for b in &c.ranges[i + 1..] {
                 if a.family() == b.family() {
                     assert_eq!(a.slice, b.slice, "one block size per family");
-                    assert!(!a.contains(b.start) && !b.contains(a.start), "ranges overlap");
+                    assert!(
+                        !a.contains(b.start) && !b.contains(a.start),
+                        "ranges overlap"
+                    );
                 }
             }
         }
@@ -413,10 +424,16 @@ pub mod ipam_range {
     impl Frame {
         fn ip(&self, at: At) -> IpAddr {
             let bits = u32::from(self.family.bits());
-            let mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+            let mask = if bits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << bits) - 1
+            };
             match at {
                 At::Low(n) => from_u128(self.family, self.lo.saturating_add(n.into()).min(self.hi)),
-                At::High(n) => from_u128(self.family, self.hi.saturating_sub(n.into()).max(self.lo)),
+                At::High(n) => {
+                    from_u128(self.family, self.hi.saturating_sub(n.into()).max(self.lo))
+                }
                 At::Any(n) => from_u128(self.family, n & mask),
                 At::OtherFamily(n) => match self.family {
                     Family::V4 => from_u128(Family::V6, n),
@@ -434,8 +451,16 @@ pub mod ipam_range {
         let bits = family.bits();
         let prefix = input.prefix % (bits + 1);
         let host_bits = u32::from(bits - prefix);
-        let size_minus_one = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
-        let family_mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+        let size_minus_one = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        let family_mask = if bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
         let lo = input.base & family_mask & !size_minus_one;
         let f = Frame {
             family,
@@ -480,16 +505,30 @@ pub mod ipam_range {
         let family = r.family();
         let (start, end) = (to_u128(r.start), to_u128(r.end));
         assert!(start <= end, "{r:?}");
-        assert!(r.subnet.contains(r.start) && r.subnet.contains(r.end), "{r:?}");
+        assert!(
+            r.subnet.contains(r.start) && r.subnet.contains(r.end),
+            "{r:?}"
+        );
         assert_eq!(Family::of(r.start), family);
         assert_eq!(Family::of(r.end), family);
         if let Some(gw) = r.gateway {
             assert!(r.subnet.contains(gw), "{r:?}");
-            assert!(!r.contains(gw) || r.is_reserved(gw), "gateway handed out: {r:?}");
+            assert!(
+                !r.contains(gw) || r.is_reserved(gw),
+                "gateway handed out: {r:?}"
+            );
         }
-        assert!(r.slice >= r.subnet.prefix() && r.slice <= family.bits(), "{r:?}");
-        let first = r.lowest_free(std::iter::empty()).expect("a valid range has a free address");
-        assert!(r.contains(first) && !r.is_reserved(first), "{first} in {r:?}");
+        assert!(
+            r.slice >= r.subnet.prefix() && r.slice <= family.bits(),
+            "{r:?}"
+        );
+        let first = r
+            .lowest_free(std::iter::empty())
+            .expect("a valid range has a free address");
+        assert!(
+            r.contains(first) && !r.is_reserved(first),
+            "{first} in {r:?}"
+        );
         assert!(r.block_of(first).contains(first));
         for ip in [r.start, r.end, first] {
             assert_eq!(parse_key_hex(&key_hex(ip)), Some(ip));
@@ -502,10 +541,17 @@ pub mod ipam_range {
     fn allocator(r: &Range, held: &[IpAddr], cut_a: IpAddr, cut_b: IpAddr) {
         let family = r.family();
         let (start, end) = (to_u128(r.start), to_u128(r.end));
-        let mine: Vec<IpAddr> = held.iter().copied().filter(|ip| Family::of(*ip) == family).collect();
+        let mine: Vec<IpAddr> = held
+            .iter()
+            .copied()
+            .filter(|ip| Family::of(*ip) == family)
+            .collect();
         let got = r.lowest_free(mine.iter().copied());
         if let Some(ip) = got {
-            assert!(r.contains(ip) && !r.is_reserved(ip) && !mine.contains(&ip), "{ip} {r:?}");
+            assert!(
+                r.contains(ip) && !r.is_reserved(ip) && !mine.contains(&ip),
+                "{ip} {r:?}"
+            );
         }
         if end - start < 2048 {
             let expect = (start..=end)
@@ -515,7 +561,9 @@ pub mod ipam_range {
         }
         let (a, b) = (to_u128(cut_a), to_u128(cut_b));
         if let Some(cut) = r.restrict(a.min(b), a.max(b)) {
-            let ip = cut.lowest_free(std::iter::empty()).expect("restrict keeps a usable address");
+            let ip = cut
+                .lowest_free(std::iter::empty())
+                .expect("restrict keeps a usable address");
             assert!(r.contains(ip) && !r.is_reserved(ip) && cut.contains(ip));
             assert!((a.min(b)..=a.max(b)).contains(&to_u128(ip)));
         }
@@ -527,11 +575,17 @@ pub mod ipam_range {
             assert_eq!(b.prefix, r.slice);
             assert_eq!(r.block_of(b.start), *b, "aligned");
             let (lo, hi) = b.span();
-            assert!(r.restrict(lo, hi).is_some(), "block {b} has nothing to hand out");
+            assert!(
+                r.restrict(lo, hi).is_some(),
+                "block {b} has nothing to hand out"
+            );
         }
         if let Some(first) = blocks.first() {
             let free = r.lowest_free(std::iter::empty()).unwrap();
-            assert!(first.contains(free), "the first free block holds the first free address");
+            assert!(
+                first.contains(free),
+                "the first free block holds the first free address"
+            );
         }
     }
 }
@@ -600,7 +654,10 @@ pub mod etcd_listing {
     #[derive(Arbitrary, Debug)]
     enum Key {
         /// `<prefix>/<network>/blocks/<key_hex>` of an address of either family.
-        Block { v6: bool, at: u128 },
+        Block {
+            v6: bool,
+            at: u128,
+        },
         Raw(String),
     }
 
@@ -642,7 +699,9 @@ pub mod etcd_listing {
                 };
                 let value = match v {
                     Val::Json { node, prefix } => {
-                        serde_json::json!({"node": node, "prefix": prefix}).to_string().into_bytes()
+                        serde_json::json!({"node": node, "prefix": prefix})
+                            .to_string()
+                            .into_bytes()
                     }
                     Val::Bare(s) => s.into_bytes(),
                     Val::Raw(b) => b,
@@ -734,7 +793,10 @@ pub mod sriov_config {
         if let Some((min, max)) = c.rate {
             assert!(max == 0 || min <= max);
         }
-        assert_eq!(PciAddress::parse(c.device_id.as_str()).ok(), Some(c.device_id.clone()));
+        assert_eq!(
+            PciAddress::parse(c.device_id.as_str()).ok(),
+            Some(c.device_id.clone())
+        );
         let _ = c.pf_settings();
     }
 }
