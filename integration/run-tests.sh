@@ -25,10 +25,17 @@ integration/cnitool/build.sh target/cnitool
 
 echo "==> cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo build --workspace"
 cargo build --workspace
+
+# Fuzz smoke (issue 11): cargo-fuzz from crates.io, pinned, installed by fuzz/run.sh (skipped when
+# that version is present); every target a few seconds from fuzz/seeds + fuzz/regressions on the
+# stable toolchain. A crash or a failed property fails the run. Long runs: fuzz/run.sh long.
+fuzz/run.sh install
+fuzz/run.sh smoke "${WEFT_FUZZ_SMOKE_SECS:-4}"
 
 echo "==> cargo test --workspace"
 export WEFT_CNITOOL="$root/target/cnitool/cnitool"

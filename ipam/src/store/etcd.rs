@@ -127,7 +127,7 @@ struct HolderValue {
 
 impl Holder {
     /// The value this release writes.
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         serde_json::to_string(&HolderValue {
             node: self.node.clone(),
             prefix: self.prefix,
@@ -137,7 +137,7 @@ impl Holder {
 
     /// A value read back: this release's JSON, or a bare node name (earlier releases, whose
     /// blocks had the configured size `slice`).
-    fn decode(value: &[u8], slice: u8) -> std::result::Result<Holder, String> {
+    pub fn decode(value: &[u8], slice: u8) -> std::result::Result<Holder, String> {
         let text = std::str::from_utf8(value).map_err(|_| "value is not UTF-8".to_string())?;
         let holder = if text.starts_with('{') {
             let v: HolderValue =

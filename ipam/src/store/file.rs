@@ -264,7 +264,9 @@ fn test_pause() {
 #[cfg(not(debug_assertions))]
 fn test_pause() {}
 
-fn render(pool: &Pool) -> String {
+/// The pool file for `pool` (public for the fuzz targets: `render(parse(x))` parses back to the
+/// same pool).
+pub fn render(pool: &Pool) -> String {
     let lines = pool.map.iter().map(|(ip, o)| {
         let network = o.network().unwrap_or(NO_NETWORK);
         format!("{ip} {network} {} {}", o.container_id(), o.ifname())
@@ -272,7 +274,8 @@ fn render(pool: &Pool) -> String {
     text::render(HEADER, lines)
 }
 
-fn parse(text: &str) -> std::result::Result<Pool, String> {
+/// Inverse of [`render`]; also reads `weft-ipam pool v1` files (as legacy reservations).
+pub fn parse(text: &str) -> std::result::Result<Pool, String> {
     let (version, lines) = text::parse(text, &[HEADER, HEADER_V1])?;
     let v1 = version == 1;
     let mut pool = Pool::default();
