@@ -413,6 +413,7 @@ pub mod ipam_range {
         slice: Option<u8>,
         held: Vec<At>,
         cut: (At, At),
+        allow_special: bool,
     }
 
     struct Frame {
@@ -489,11 +490,15 @@ pub mod ipam_range {
             exclude,
             gateway: input.gateway.map(|a| f.ip(a)),
             slice: input.slice,
+            allow_special: input.allow_special,
         };
         let Ok(r) = Range::new(&spec) else {
             return;
         };
         check(&r);
+        if !input.allow_special {
+            no_special_address(&r);
+        }
         let mut held: Vec<IpAddr> = input.held.into_iter().map(|a| f.ip(a)).collect();
         held.sort_by_key(|ip| (Family::of(*ip), to_u128(*ip)));
         held.dedup();
@@ -534,6 +539,27 @@ pub mod ipam_range {
             assert_eq!(parse_key_hex(&key_hex(ip)), Some(ip));
         }
         let _ = r.id();
+    }
+
+    /// Without `allow_special_ranges`, no address a pod cannot use is ever in the range: not /0,
+    /// not the unspecified address, broadcast, loopback or multicast.
+    fn no_special_address(r: &Range) {
+        assert!(r.subnet.prefix() > 0, "/0 accepted: {r:?}");
+        let (lo, hi) = (to_u128(r.start), to_u128(r.end));
+        let forbidden: &[&str] = match r.family() {
+            Family::V4 => &[
+                "0.0.0.0/32",
+                "255.255.255.255/32",
+                "127.0.0.0/8",
+                "224.0.0.0/4",
+            ],
+            Family::V6 => &["::/128", "::1/128", "ff00::/8"],
+        };
+        for net in forbidden {
+            let net: ipnetwork::IpNetwork = net.parse().unwrap();
+            let (a, b) = (to_u128(net.network()), to_u128(net.broadcast()));
+            assert!(hi < a || b < lo, "{net} can be handed out: {r:?}");
+        }
     }
 
     /// The allocator against a brute-force reading of the same range (small ranges), and its
