@@ -38,10 +38,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 paths=(--bin-dir "$BIN_DIR" --conf-dir "$CONF_DIR")
 
+# Where cargo puts the release binaries: .cargo/config.toml names the build target (static-pie
+# glibc binaries, see there), so they land in target/<host tuple>/release.
+release_dir() { echo "target/$(rustc --print host-tuple)/release"; }
+
 if [ "$UNINSTALL" = 1 ]; then
   weft=$CLI
-  [ -x "$weft" ] || weft=target/release/weft
-  [ -x "$weft" ] || { echo "install.sh: no weft binary ($CLI or target/release/weft) to uninstall with" >&2; exit 1; }
+  [ -x "$weft" ] || weft=$(PATH="$(./prerequisites.sh cargo-dir):$PATH" release_dir)/weft
+  [ -x "$weft" ] || { echo "install.sh: no weft binary ($CLI or $weft) to uninstall with" >&2; exit 1; }
   say "weft uninstall"
   "$weft" uninstall "${paths[@]}" | sed 's/^/    /'
   if [ -e "$CLI" ]; then
@@ -64,12 +68,13 @@ if [ "$BUILD" = 1 ]; then
   say "building weft (release)"
   cargo build --release --workspace --bins --locked
 fi
-[ -x target/release/weft ] || { echo "install.sh: target/release/weft was not built" >&2; exit 1; }
+release=$(release_dir)
+[ -x "$release/weft" ] || { echo "install.sh: $release/weft was not built" >&2; exit 1; }
 
 say "weft install"
-target/release/weft install --source-dir target/release "${paths[@]}" | sed 's/^/    /'
+"$release/weft" install --source-dir "$release" "${paths[@]}" | sed 's/^/    /'
 # The operator CLI, copied then renamed (never a half-written binary on PATH).
-install -m 0755 target/release/weft "$CLI.new"
+install -m 0755 "$release/weft" "$CLI.new"
 mv -f "$CLI.new" "$CLI"
 echo "    $CLI: installed"
 

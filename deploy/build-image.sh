@@ -1,42 +1,33 @@
 #!/usr/bin/env bash
 # Builds weft's runtime image with podman from binaries built beforehand.
 #
-#   deploy/build-image.sh [--bin-dir DIR] [--tag TAG] [--static]
+#   deploy/build-image.sh [--bin-dir DIR] [--tag TAG]
 #
 #   --bin-dir DIR  where weft, kmesh-cni, weft-ipam (and weft-sriov, if built) are
-#                  (default: target/release)
-#   --static       first build the release binaries with glibc linked in
-#                  (RUSTFLAGS=-C target-feature=+crt-static), so the plugins that weft copies onto
-#                  a node run whatever glibc the node has; the image then holds four files
+#                  (default: target/<host tuple>/release, what `cargo build --release` makes)
 #   --tag TAG      image name (default: localhost/weft:<version>)
 #
-# Dynamically linked binaries get the loader and libraries `ldd` names copied in at their own
-# paths. The podman command can be replaced through $PODMAN (e.g. "podman --root DIR" for a
-# private image store).
+# The release binaries are static-pie (glibc linked in, .cargo/config.toml), so the plugins weft
+# copies onto a node run whatever glibc the node has and the image holds just them. Should a
+# binary be dynamically linked (a build without that config), the loader and libraries `ldd`
+# names are copied in at their own paths. The podman command can be replaced through $PODMAN
+# (e.g. "podman --root DIR" for a private image store).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-BIN_DIR=target/release
+BIN_DIR=target/$(rustc --print host-tuple)/release
 TAG=
-STATIC=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin-dir) BIN_DIR=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
-    --static) STATIC=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build-image.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 TAG=${TAG:-localhost/weft:$version}
 PODMAN=${PODMAN:-podman}
-
-if [ "$STATIC" = 1 ]; then
-  target=$(rustc -vV | sed -n 's/^host: //p')
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --bins --target "$target"
-  BIN_DIR=target/$target/release
-fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT

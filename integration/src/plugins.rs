@@ -20,11 +20,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `WEFT_BIN_DIR`, or `<workspace>/target/debug` (what `cargo build --workspace` produces).
+/// `WEFT_BIN_DIR`, or [`built_bin_dir`]: the binaries built with this test or bench binary.
 pub fn bin_dir() -> PathBuf {
     match std::env::var_os("WEFT_BIN_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => workspace_root().join("target/debug"),
+        _ => built_bin_dir(),
+    }
+}
+
+/// Where cargo put the workspace's binaries in the build this process comes from:
+/// `target/<host tuple>/<profile>` (see .cargo/config.toml), so `cargo test` finds the debug
+/// plugins and `cargo test --release` or the release `weft-bench` the release ones. Test binaries
+/// live one level down, in `<profile>/deps`.
+pub fn built_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running executable");
+    let dir = exe.parent().expect("an executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps/ has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
     }
 }
 

@@ -27,7 +27,10 @@ pub fn binaries() -> Result<PathBuf> {
     let lock = std::fs::File::create(base.join("lock")).context("previous-release lock")?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("flock previous-release lock: {e}"))?;
-    let bin_dir = base.join("target/debug");
+    // Built for the host tuple by name, as this workspace's .cargo/config.toml does (it applies
+    // here too: the sources sit under target/), so where the binaries land does not depend on it.
+    let tuple = host_tuple()?;
+    let bin_dir = base.join("target").join(&tuple).join("debug");
     if BINARIES.iter().all(|b| bin_dir.join(b).is_file()) {
         return Ok(bin_dir);
     }
@@ -43,6 +46,8 @@ pub fn binaries() -> Result<PathBuf> {
         .args([
             "build",
             "--locked",
+            "--target",
+            &tuple,
             "--bins",
             "-p",
             "kmesh-cni",
@@ -95,4 +100,16 @@ fn extract(root: &Path, dest: &Path) -> Result<()> {
     std::fs::remove_file(&archive)?;
     std::fs::rename(&tmp, dest).with_context(|| format!("rename to {}", dest.display()))?;
     Ok(())
+}
+
+/// `rustc --print host-tuple`: the target cargo builds for when none is named.
+fn host_tuple() -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .args(["--print", "host-tuple"])
+        .stdin(Stdio::null())
+        .output()
+        .context("run rustc --print host-tuple")?;
+    ensure!(out.status.success(), "rustc --print host-tuple failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

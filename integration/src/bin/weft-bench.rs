@@ -7,13 +7,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use integration::bench::suites::{chain, exec, fastpath, ipam, sriov};
 use integration::bench::{self, BenchOpts};
-use integration::plugins::workspace_root;
 
 #[derive(Parser)]
 #[command(about = "weft benchmarks: A (weft) vs B (reference), alternating, ratios of medians")]
 struct Cli {
-    /// Directory of our built binaries [default: $WEFT_BIN_DIR, else target/release if built,
-    /// else target/debug]
+    /// Directory of our built binaries [default: $WEFT_BIN_DIR, else those built with this
+    /// weft-bench: target/<host tuple>/release for a release weft-bench]
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
     /// Measured A/B pairs, at least 5 [default: 20; 7 for fast and limit, whose runs last
@@ -96,21 +95,9 @@ struct TrafficArgs {
     seconds: u32,
 }
 
-fn default_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("WEFT_BIN_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let release = workspace_root().join("target/release");
-    if release.join("kmesh-cni").is_file() {
-        release
-    } else {
-        workspace_root().join("target/debug")
-    }
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bin_dir = cli.bin_dir.unwrap_or_else(default_bin_dir);
+    let bin_dir = cli.bin_dir.unwrap_or_else(integration::plugins::bin_dir);
     eprintln!("weft binaries from {}", bin_dir.display());
     integration::proc::install_stop_on_signal();
     let opts = |default_pairs: usize| BenchOpts {
