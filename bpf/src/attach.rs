@@ -121,13 +121,14 @@ pub fn detach_key(root: &PinRoot, key: &str, ifname: Option<&str>) -> Result<()>
 
 /// Is the attachment still in place? (For CHECK.) The interface must still be the one
 /// attached to. For tcx: the link pin exists and the interface's tcx ingress chain runs the
-/// attachment's program. For tc: weft's filter ([`TC_PRIORITY`], [`TC_HANDLE`]) exists on the
-/// interface's clsact ingress, which `tc_filter_exists(ifindex, priority, handle)` answers
-/// (aya cannot list tc filters; the caller has netlink).
+/// attachment's program. For tc: weft's filter ([`TC_PRIORITY`], [`TC_HANDLE`]) on the
+/// interface's clsact ingress runs the attachment's program, which
+/// `tc_filter_prog(ifindex, priority, handle)` answers with the filter's program id, `None`
+/// without such a filter (aya cannot list tc filters; the caller has netlink).
 pub fn is_attached(
     root: &PinRoot,
     att: &Attachment,
-    tc_filter_exists: impl FnOnce(u32, u16, u32) -> io::Result<bool>,
+    tc_filter_prog: impl FnOnce(u32, u16, u32) -> io::Result<Option<u32>>,
 ) -> Result<bool> {
     match ifindex(&att.ifname) {
         Ok(idx) if idx == att.ifindex => {}
@@ -143,7 +144,8 @@ pub fn is_attached(
                     .map_err(|e| Error::program(format!("query tcx on {}", att.ifname), e))?;
             Ok(progs.iter().any(|p| p.id() == att.prog_id))
         }
-        Mode::Tc => tc_filter_exists(att.ifindex, TC_PRIORITY, u32::from(TC_HANDLE))
+        Mode::Tc => tc_filter_prog(att.ifindex, TC_PRIORITY, u32::from(TC_HANDLE))
+            .map(|prog| prog == Some(att.prog_id))
             .map_err(|e| Error::io(format!("query tc filters on {}", att.ifname), e)),
     }
 }

@@ -47,7 +47,7 @@ pub use layout::{
     MAP_COUNTERS, MAP_DEVICES, MAP_ENDPOINTS, MAP_MANAGED,
 };
 pub use legacy::LegacyMaps;
-pub use maps::{Devices, Endpoints, ManagedMap, Maps};
+pub use maps::{pinned_program, Devices, Endpoints, ManagedMap, Maps};
 pub use pin::{ensure_bpffs, is_bpffs, validate_key, PinRoot, BPFFS};
 
 mod objects {

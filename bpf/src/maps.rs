@@ -1,11 +1,15 @@
 //! Loading (once per node) and reusing (every later exec) the pinned maps and program,
 //! and the typed operations on the maps.
 
-use std::{fs, io, net::IpAddr, path::PathBuf};
+use std::{
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray},
-    programs::SchedClassifier,
+    programs::{ProgramError, ProgramInfo, SchedClassifier},
     EbpfLoader,
 };
 
@@ -148,7 +152,7 @@ impl Maps {
     /// The pinned program if it exists and still uses the pinned maps (it would not if
     /// someone removed and re-created the map pins after it was loaded).
     fn open_pinned_program(&self, pin: &PathBuf) -> Result<Option<SchedClassifier>> {
-        let prog = match SchedClassifier::from_pin(pin) {
+        let prog = match program_from_pin(pin) {
             Ok(p) => p,
             Err(e) if crate::error::program_errno(&e) == Some(nix::libc::ENOENT) => {
                 return Ok(None)
@@ -211,9 +215,30 @@ impl Maps {
                 }
             }
         }
-        SchedClassifier::from_pin(pin)
-            .map_err(|e| Error::program(format!("open {}", pin.display()), e))
+        program_from_pin(pin).map_err(|e| Error::program(format!("open {}", pin.display()), e))
     }
+}
+
+/// The redirect program of this build pinned under `root`, if any, opened without loading
+/// anything (for tools that attach it by hand: the bench's kernel floor, weft-attach-floor).
+pub fn pinned_program(root: &PinRoot) -> Result<Option<SchedClassifier>> {
+    let pin = root
+        .path()
+        .join(format!("{PROG_PIN_PREFIX}{}", objects::REDIRECT_OBJ_HASH));
+    match program_from_pin(&pin) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if crate::error::program_errno(&e) == Some(nix::libc::ENOENT) => Ok(None),
+        Err(e) => Err(Error::program(format!("open {}", pin.display()), e)),
+    }
+}
+
+/// The pinned redirect program. Not aya's `SchedClassifier::from_pin`: that asks the program's
+/// name through `ProgramInfo::name_as_str`, which first runs aya's whole kernel feature
+/// detection (a dozen probe program, map and BTF loads, several ms) only to learn whether the
+/// kernel keeps program names. We know the name.
+fn program_from_pin(pin: &Path) -> std::result::Result<SchedClassifier, ProgramError> {
+    let info = ProgramInfo::from_pin(pin)?;
+    SchedClassifier::from_program_info(info, objects::REDIRECT_PROG.into())
 }
 
 /// Parses the redirect object, creating and pinning its maps under `root` or reusing the pins.

@@ -25,14 +25,20 @@ pub struct Features {
 }
 
 impl Features {
-    /// Can the fast path work at all, and with which attach mode?
+    /// Can the fast path work at all, and with which attach mode (what `mode: auto` uses)?
+    ///
+    /// clsact + cls_bpf first, tcx where the kernel has no clsact: per pod, creating and
+    /// releasing a tcx link each wait for an RCU grace period (`synchronize_rcu` in the tcx
+    /// entry update, ~10 ms each here), while adding and deleting a cls_bpf filter at weft's own
+    /// priority costs about 1 ms each (issue 12, `weft-bench chain` prints both against the
+    /// kernel floor). Both coexist with other tc users; `mode: tcx` still picks tcx.
     pub fn mode(&self) -> Option<crate::Mode> {
         if !self.redirect_peer || !self.bpffs {
             None
-        } else if self.tcx {
-            Some(crate::Mode::Tcx)
         } else if self.clsact {
             Some(crate::Mode::Tc)
+        } else if self.tcx {
+            Some(crate::Mode::Tcx)
         } else {
             None
         }

@@ -28,7 +28,10 @@ fn probes_find_the_kernel_features() {
     assert!(f.bpffs, "no bpffs");
     assert!(f.clsact, "clsact + cls_bpf attach failed");
     assert!(f.tcx, "tcx link attach failed");
-    assert_eq!(f.mode(), Some(Mode::Tcx));
+    // auto takes the cheaper attach (clsact + cls_bpf), tcx only without clsact.
+    assert_eq!(f.mode(), Some(Mode::Tc));
+    let without_clsact = probe::Features { clsact: false, ..f };
+    assert_eq!(without_clsact.mode(), Some(Mode::Tcx));
 }
 
 #[test]

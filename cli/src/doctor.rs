@@ -97,16 +97,20 @@ fn kernel(node: &Node, out: &mut Vec<Check>) {
     out.push(yes_no(
         f.tcx,
         "tcx",
-        "tcx links attach (Linux >= 6.6)",
-        "no tcx links: kmesh-cni falls back to clsact",
-        Verdict::Warn,
+        "tcx links attach (Linux >= 6.6; used with mode: tcx)",
+        "no tcx links: mode: tcx is unavailable",
+        if f.clsact {
+            Verdict::Info
+        } else {
+            Verdict::Warn
+        },
     ));
     out.push(yes_no(
         f.clsact,
         "clsact",
-        "clsact qdisc + cls_bpf direct-action attach",
-        "no clsact/cls_bpf",
-        if f.tcx { Verdict::Info } else { Verdict::Warn },
+        "clsact qdisc + cls_bpf direct-action attach (what mode auto uses)",
+        "no clsact/cls_bpf: mode auto falls back to tcx, whose attach and detach are slower",
+        Verdict::Warn,
     ));
     out.push(match f.mode() {
         Some(m) => check(

@@ -70,7 +70,7 @@ impl Node {
     }
 
     pub fn kmesh_store(&self) -> host::RecordStore {
-        host::RecordStore::new(self.state_dir.join(kmesh_cni::PLUGIN_NAME))
+        kmesh_cni::record::store(&self.state_dir.join(kmesh_cni::PLUGIN_NAME))
     }
 
     pub fn ipam_dir(&self) -> PathBuf {

@@ -8,6 +8,7 @@ mod common;
 
 use common::{unique, TestNode};
 use integration::cni::Cnitool;
+use integration::fixtures::bpffs::AttachWatch;
 use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::{bin_dir, CniPath};
 use integration::prereq::{require, require_netns_env};
@@ -70,13 +71,20 @@ fn reattach_after_pins_removed_then_inspect_doctor_gc() {
                 .to_owned(),
         );
     }
-    let links = node.pin_root.join("links");
-    let pins = || -> usize { std::fs::read_dir(&links).map_or(0, |d| d.count()) };
-    assert_eq!(pins(), 2, "a tcx link pin per pod");
+    // Whichever mode auto chose (tc here, tcx where the kernel lacks clsact).
+    let watch = AttachWatch::new(&node.state, &node.pin_root);
+    let attached = || watch.attached().len();
+    assert_eq!(
+        attached(),
+        2,
+        "a program attached per pod: {:?}",
+        watch.attached()
+    );
     ping(&pods[0], &ips[1]);
     assert!(redirected(&node) > 0, "fast path used before");
 
-    // Lose every pin: links detach, maps go.
+    // Lose every pin: tcx links detach, maps go (tc filters stay, running a program whose maps
+    // nobody can update any more).
     std::fs::remove_dir_all(&node.pin_root).unwrap();
     let i = inspect(&node);
     assert!(i["counters"].is_null(), "maps gone: {i}");
@@ -89,7 +97,7 @@ fn reattach_after_pins_removed_then_inspect_doctor_gc() {
         "{}",
         out.describe()
     );
-    assert_eq!(pins(), 2, "link pins back");
+    assert_eq!(attached(), 2, "attached again: {:?}", watch.attached());
     let i = inspect(&node);
     for r in i["kmesh_cni"].as_array().unwrap() {
         assert_eq!(r["problems"], json!([]), "attachment complete again: {r}");
@@ -131,8 +139,8 @@ fn reattach_after_pins_removed_then_inspect_doctor_gc() {
         "{}",
         gc.stdout
     );
-    assert_eq!(pins(), 1, "the dead pod's link is gone");
+    assert_eq!(attached(), 1, "the dead pod's attachment is gone");
     tool.del(&net, pods[0].path())
         .assert_success("DEL of the live pod");
-    assert_eq!(pins(), 0);
+    assert_eq!(watch.attached(), Vec::<String>::new());
 }

@@ -39,7 +39,7 @@ fn smoke_networks_two_pods_through_the_installed_chain_and_cleans_up() {
         "CHECK ok",
         "ping a->b and b->a ok",
         "DEL ok",
-        "fast path tcx",
+        "fast path tc on", // mode auto: clsact + cls_bpf, the cheaper attach
     ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }

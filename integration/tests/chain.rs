@@ -151,9 +151,9 @@ fn chain_at(version: &str, octet: u8) {
         "DEL left a kmesh-cni record"
     );
     assert_eq!(
-        iso.link_pins(),
+        iso.attached(),
         Vec::<String>::new(),
-        "DEL left a tcx link pin"
+        "DEL left a program attached"
     );
     tool.del("weft-chain", ns.path())
         .assert_success("second chain DEL");

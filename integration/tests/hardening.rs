@@ -166,11 +166,11 @@ fn a_container_id_longer_than_a_file_name_goes_through_add_check_del() {
     k.run_json(&k.env("ADD"), &conf)
         .assert_success("ADD with a 300-byte container ID");
     assert_eq!(k.iso.record_values().len(), 1);
-    assert_eq!(k.iso.link_pins().len(), 1);
+    assert_eq!(k.iso.attached().len(), 1, "one program attached");
     k.run_json(&k.env("CHECK"), &conf).assert_success("CHECK");
     k.run_json(&k.env("DEL"), &conf).assert_success("DEL");
     k.run_json(&k.env("DEL"), &conf).assert_success("DEL again");
-    assert!(k.iso.record_values().is_empty() && k.iso.link_pins().is_empty());
+    assert!(k.iso.record_values().is_empty() && k.iso.attached().is_empty());
     // Nothing recorded under another long ID: DEL is still success.
     let mut other = k.env("DEL");
     other = other.set("CNI_CONTAINERID", &"y".repeat(400));
@@ -363,7 +363,7 @@ fn kmesh_cni_status_fails_when_adds_would_and_a_failed_add_leaves_nothing() {
         &k.conf("1.1.0"),
     );
     assert_cni_error(&out, 5, "ADD whose last record write fails");
-    assert!(k.iso.link_pins().is_empty(), "link pin left");
+    assert!(k.iso.attached().is_empty(), "program left attached");
     assert!(k.iso.endpoints().is_empty(), "endpoint left");
     assert!(k.iso.devices().is_empty(), "device entry left");
     let records = std::fs::read_dir(state.join("kmesh-cni/weft-test"))

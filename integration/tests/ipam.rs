@@ -296,7 +296,7 @@ fn chain_bridge_weft_ipam_kmesh_1_0_0() {
         vec![format!("{container_id}:eth0")],
         "kmesh-cni record"
     );
-    assert_eq!(iso.link_pins().len(), 1, "kmesh-cni attached one link");
+    assert_eq!(iso.attached().len(), 1, "kmesh-cni attached one program");
     for (addr, _) in &ips {
         assert!(
             iso.endpoint(*addr).is_some(),
@@ -315,7 +315,11 @@ fn chain_bridge_weft_ipam_kmesh_1_0_0() {
         "DEL left weft-ipam reservations"
     );
     assert_eq!(iso.records(), Vec::<String>::new(), "DEL left a record");
-    assert_eq!(iso.link_pins(), Vec::<String>::new(), "DEL left a link pin");
+    assert_eq!(
+        iso.attached(),
+        Vec::<String>::new(),
+        "DEL left a program attached"
+    );
     assert!(iso.endpoints().is_empty(), "DEL left endpoints");
     assert!(!ns.link_exists("eth0"), "DEL left eth0");
     tool.del(net, ns.path()).assert_success("second chain DEL");

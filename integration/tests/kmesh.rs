@@ -256,9 +256,9 @@ fn exercise(main: Main, version: &str, mode: Mode, octet: u8) -> Observed {
         "{what}: records left"
     );
     assert_eq!(
-        net.iso.link_pins(),
+        net.iso.attached(),
         Vec::<String>::new(),
-        "{what}: link pins left"
+        "{what}: programs left attached"
     );
     assert_eq!(net.iso.endpoints(), vec![], "{what}: endpoints left");
     let seen = Observed {

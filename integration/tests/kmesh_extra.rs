@@ -127,7 +127,7 @@ fn exercise_v6(main: Main, mode: &str, octet: u8) -> Observed6 {
         assert!(!pod.ns.link_exists("eth0"), "{what}: eth0 left");
     }
     assert_eq!(net.iso.records(), Vec::<String>::new(), "{what}: records");
-    assert_eq!(net.iso.link_pins(), Vec::<String>::new(), "{what}: pins");
+    assert_eq!(net.iso.attached(), Vec::<String>::new(), "{what}: attached");
     assert_eq!(net.iso.endpoints(), vec![], "{what}: endpoints left");
     let seen = Observed6 {
         reply_ab,
@@ -264,9 +264,9 @@ impl Direct {
             "{what}: tc filter left on {veth}"
         );
         assert_eq!(
-            self.iso.link_pins(),
+            self.iso.attached(),
             Vec::<String>::new(),
-            "{what}: link pin"
+            "{what}: program attached"
         );
         assert_eq!(self.iso.endpoints(), vec![], "{what}: endpoints entry");
     }
@@ -470,6 +470,6 @@ fn enrol_by_default_and_annotation_opt_out() {
     net.run("del", &out_pod)
         .assert_success("DEL of the opted-out pod");
     assert_eq!(net.iso.records(), Vec::<String>::new());
-    assert_eq!(net.iso.link_pins(), Vec::<String>::new());
+    assert_eq!(net.iso.attached(), Vec::<String>::new());
     assert_eq!(net.iso.endpoints(), vec![]);
 }

@@ -198,7 +198,7 @@ fn gc_of_one_network_leaves_the_pods_of_another() {
     let c7 = node.add("net2", "c7");
     let before = (
         node.iso.records_of("net2"),
-        node.iso.link_pins(),
+        node.iso.attached(),
         node.iso.endpoints(),
         node.iso.managed(),
         node.iso.devices(),
@@ -220,7 +220,7 @@ fn gc_of_one_network_leaves_the_pods_of_another() {
 
     let after = (
         node.iso.records_of("net2"),
-        node.iso.link_pins(),
+        node.iso.attached(),
         node.iso.endpoints(),
         node.iso.managed(),
         node.iso.devices(),
@@ -233,7 +233,7 @@ fn gc_of_one_network_leaves_the_pods_of_another() {
     node.gc("net2", &[]);
     assert!(node.iso.records_of("net2").is_empty());
     assert!(node.iso.endpoints().is_empty() && node.iso.managed().is_empty());
-    assert!(node.iso.link_pins().is_empty() && node.iso.devices().is_empty());
+    assert!(node.iso.attached().is_empty() && node.iso.devices().is_empty());
     node.del(&c7);
 }
 

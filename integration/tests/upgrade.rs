@@ -217,7 +217,7 @@ fn pods_of_the_previous_release_keep_working_and_are_cleaned_up_by_this_one() {
     // Nothing left, and with the last legacy record gone GC drops the layout-1 pins.
     node.gc(&[]);
     assert!(node.iso.records().is_empty());
-    assert!(node.iso.link_pins().is_empty());
+    assert!(node.iso.attached().is_empty());
     assert!(node.iso.endpoints().is_empty());
     assert!(!node.iso.pin_root().join("legacy-v1").exists());
     assert!(!node.pool().lines().any(|l| l.starts_with("10.")));

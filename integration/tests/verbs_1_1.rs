@@ -108,9 +108,9 @@ fn add_check_del_keep_1_1_fields() {
     assert_eq!(out.stdout, "", "DEL must print nothing on success");
     assert_eq!(k.iso.records(), Vec::<String>::new(), "DEL left a record");
     assert_eq!(
-        k.iso.link_pins(),
+        k.iso.attached(),
         Vec::<String>::new(),
-        "DEL left a link pin"
+        "DEL left a program attached"
     );
     let out = k.run_json(&k.env("DEL"), &conf);
     out.assert_success("second DEL at 1.1.0");

@@ -69,21 +69,26 @@ impl TestPins {
 /// `tc` can answer whether weft's filter is on `dev`'s clsact ingress (what kmesh-cni asks
 /// netlink through `host` in production): `bpf::is_attached`'s tc query for these tests, run
 /// in the calling thread's netns.
-pub fn tc_filter_on(dev: &str) -> impl FnOnce(u32, u16, u32) -> std::io::Result<bool> + '_ {
+pub fn tc_filter_on(dev: &str) -> impl FnOnce(u32, u16, u32) -> std::io::Result<Option<u32>> + '_ {
     move |_ifindex, priority, handle| {
         let out = integration::proc::cmd("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
         if !out.success() {
-            return Ok(false); // no clsact qdisc: no filters
+            return Ok(None); // no clsact qdisc: no filters
         }
         let filters: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        Ok(filters.as_array().into_iter().flatten().any(|f| {
-            f["pref"].as_u64() == Some(u64::from(priority))
-                && f["options"]["handle"]
-                    .as_str()
-                    .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
-                    .map(|h| h & 0xffff)
-                    == Some(handle)
-        }))
+        Ok(filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| {
+                f["pref"].as_u64() == Some(u64::from(priority))
+                    && f["options"]["handle"]
+                        .as_str()
+                        .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+                        .map(|h| h & 0xffff)
+                        == Some(handle)
+            })
+            .map(|f| f["options"]["prog"]["id"].as_u64().unwrap_or(0) as u32))
     }
 }
 

@@ -21,7 +21,7 @@ pub mod sriov;
 pub mod sysfs;
 
 pub use error::HostError;
-pub use link::{addresses, link_by_index, link_by_name, links, veth_peer_in_host, LinkInfo};
+pub use link::{addresses, find_veth_pair, link_by_index, link_by_name, links, LinkInfo, VethPair};
 pub use netns::{netns_cookie, netns_exists, run_in_netns};
 pub use record::{RecordStore, StoreLock};
 /// The rtnetlink version [`link::netlink`] hands out handles of.

@@ -102,7 +102,21 @@ pub fn addresses(netns: Option<&Path>, ifindex: u32) -> Result<Vec<IpNetwork>, H
     })
 }
 
-/// The host-side peer of the veth `ifname` inside `netns`, looked up in the caller's netns.
+/// A veth pair with one end inside a pod's netns and the other in the caller's netns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethPair {
+    /// The end inside the netns (the container interface).
+    pub inside: LinkInfo,
+    /// Its peer in the caller's netns (the host veth).
+    pub host: LinkInfo,
+    /// The netns cookie of the pod's netns, read while inside it; `None` where the kernel has
+    /// no `SO_NETNS_COOKIE` (before 5.14).
+    pub netns_cookie: Option<u64>,
+}
+
+/// The veth `ifname` inside `netns` and its host-side peer, looked up in the caller's netns.
+/// One thread enters `netns` once for everything read there (the link and the netns cookie):
+/// a CNI plugin pays for each entry with a thread and a netlink socket.
 ///
 /// The container end's `IFLA_LINK` is the peer's ifindex in another netns. ifindexes are per
 /// netns, so a link with that index in the host is only accepted when it is a veth whose own
@@ -110,9 +124,17 @@ pub fn addresses(netns: Option<&Path>, ifindex: u32) -> Result<Vec<IpNetwork>, H
 ///
 /// `Ok(None)`: no link `ifname` in `netns`, or its peer is not in the caller's netns.
 /// `Err(NotVeth)`: `ifname` exists but is not a veth. `Err(NetnsMissing)`: `netns` is gone.
-pub fn veth_peer_in_host(netns: &Path, ifname: &str) -> Result<Option<LinkInfo>, HostError> {
+pub fn find_veth_pair(netns: &Path, ifname: &str) -> Result<Option<VethPair>, HostError> {
     let ns_file = netns::open_netns(netns)?;
-    let Some(inner) = link_by_name(Some(netns), ifname)? else {
+    if ifname.is_empty() || ifname.len() > 15 {
+        return Ok(None);
+    }
+    let name = ifname.to_owned();
+    let (inner, netns_cookie) = run_in_netns(netns, move || -> Result<_, HostError> {
+        let inner = block_on_here(move |h| async move { get_by_name(&h, &name).await })?;
+        Ok((inner, netns::current_netns_cookie().ok()))
+    })??;
+    let Some(inner) = inner else {
         return Ok(None);
     };
     if !inner.is_veth() {
@@ -125,17 +147,23 @@ pub fn veth_peer_in_host(netns: &Path, ifname: &str) -> Result<Option<LinkInfo>,
         // No peer netns id: both ends live in `netns`.
         return Ok(None);
     };
-    netlink(None, move |h| async move {
+    let inner_index = inner.index;
+    let host = netlink(None, move |h| async move {
         let Some(host) = get_by_index(&h, peer_index).await? else {
             return Ok(None);
         };
-        if !host.is_veth() || host.peer_index != Some(inner.index) || host.link_netnsid.is_none() {
+        if !host.is_veth() || host.peer_index != Some(inner_index) || host.link_netnsid.is_none() {
             return Ok(None);
         }
         // Dumping `host` made the kernel assign an nsid to the peer netns if it had none.
         let nsid = nsid_of_fd(&h, ns_file.as_raw_fd()).await?;
         Ok((nsid.is_some() && host.link_netnsid == nsid).then_some(host))
-    })
+    })?;
+    Ok(host.map(|host| VethPair {
+        inside: inner,
+        host,
+        netns_cookie,
+    }))
 }
 
 /// Runs async netlink work `f` with a fresh rtnetlink handle, inside `netns` when given.
@@ -289,30 +317,45 @@ fn address_of(msg: &AddressMessage) -> Option<IpNetwork> {
     IpNetwork::new(ip, msg.header.prefix_len).ok()
 }
 
-/// Is there a tc filter with this priority and handle on the clsact ingress hook of `ifindex`?
-/// A device without a clsact qdisc (or gone altogether) has none. The bpf crate uses this to
-/// tell whether its legacy-tc attachment is still in place, since aya does not expose the query.
-pub fn tc_ingress_filter_exists(
+/// The BPF program run by the tc filter with this priority and handle on the clsact ingress
+/// hook of `ifindex`: `Some(program id)` (0 if the filter names none), `None` when there is no
+/// such filter (a device without a clsact qdisc, or gone altogether, has none). The bpf crate
+/// uses this to tell whether its legacy-tc attachment is still in place and still runs the
+/// program it attached, since aya does not expose the query.
+pub fn tc_ingress_filter_prog(
     netns: Option<&Path>,
     ifindex: u32,
     priority: u16,
     handle: u32,
-) -> Result<bool, HostError> {
+) -> Result<Option<u32>, HostError> {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
     netlink(netns, move |h| async move {
         let mut filters = h.traffic_filter(ifindex as i32).get().ingress().execute();
-        let mut found = false;
+        let mut found = None;
         while let Some(msg) = filters.next().await {
             match msg {
                 Ok(m) => {
-                    found |= u32::from(m.header.handle) == handle
-                        && (m.header.info >> 16) as u16 == priority;
+                    // The kernel dumps a filter once without options (the chain head) and once
+                    // with them; the program id is in the latter.
+                    if u32::from(m.header.handle) == handle
+                        && (m.header.info >> 16) as u16 == priority
+                    {
+                        let prog = m.attributes.iter().find_map(|a| match a {
+                            TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                                _ => None,
+                            }),
+                            _ => None,
+                        });
+                        found = Some(prog.unwrap_or(0).max(found.unwrap_or(0)));
+                    }
                 }
                 Err(rtnetlink::Error::NetlinkError(e))
                     if e.code.is_some_and(|c| {
                         matches!(-c.get(), libc::ENOENT | libc::EINVAL | libc::ENODEV)
                     }) =>
                 {
-                    return Ok(false)
+                    return Ok(None)
                 }
                 Err(source) => {
                     return Err(HostError::Netlink {

@@ -15,9 +15,12 @@
 //! with `.` (no container ID does) and the lock file is `lock` (no `:`), so a listing can tell
 //! records from everything else.
 //!
-//! Writes are [`fsio::write_atomic`] with full durability (O_EXCL temp, fsync, rename, fsync of
-//! the directory): a reader sees the old record or the new one, never a torn one, also after a
-//! crash; directories are [`fsio::ensure_private_dir`] (0700, ours, no symlink).
+//! Writes are [`fsio::write_atomic`] (O_EXCL temp, rename): a reader sees the old record or the
+//! new one, never a torn one, also after the writer was killed. By default with full durability
+//! (fsync of the file and of the directory, also on remove), so a record survives a power loss;
+//! a plugin whose records describe only kernel state that a power loss erases anyway may choose
+//! less ([`RecordStore::with_durability`]). Directories are [`fsio::ensure_private_dir`] (0700,
+//! ours, no symlink).
 
 use std::{
     fs, io,
@@ -136,6 +139,7 @@ fn key_from_file_name(dir: &Path, network: Option<&str>, name: &str) -> Option<A
 #[derive(Debug, Clone)]
 pub struct RecordStore {
     dir: PathBuf,
+    durability: Durability,
 }
 
 /// An exclusive `flock` on the store's `lock` file; released on drop.
@@ -147,7 +151,19 @@ pub struct StoreLock {
 impl RecordStore {
     /// A store in `dir` (created 0700 on first write or lock).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        RecordStore { dir: dir.into() }
+        RecordStore {
+            dir: dir.into(),
+            durability: Durability::Full,
+        }
+    }
+
+    /// How far writes and removes go before they return: [`Durability::Full`] (the default)
+    /// survives a power loss; [`Durability::Cache`] survives the writer being killed (the page
+    /// cache holds it) but not a power loss, and costs no disk flush. A record may be lost or
+    /// empty after a power loss then, which DEL and GC of such a plugin must take in stride.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// `<state dir>/<plugin>` ([`fsio::state_dir`]: `/var/lib/cni`, or `$WEFT_STATE_DIR`).
@@ -197,7 +213,7 @@ impl RecordStore {
         let dir = self.dir_of(key);
         fsio::ensure_private_dir(&self.dir)?;
         fsio::ensure_private_dir(&dir)?;
-        fsio::write_atomic(&dir, &name, &bytes, Durability::Full)
+        fsio::write_atomic(&dir, &name, &bytes, self.durability)
     }
 
     /// The record for `key`; `Ok(None)` if there is none. A record that does not decode as `T`
@@ -249,7 +265,9 @@ impl RecordStore {
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => {
-                fsio::sync_dir(&self.dir_of(key))?;
+                if self.durability == Durability::Full {
+                    fsio::sync_dir(&self.dir_of(key))?;
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -13,8 +13,8 @@ use std::{
 };
 
 use host::{
-    addresses, link_by_index, link_by_name, links, netns, netns_cookie, run_in_netns,
-    veth_peer_in_host, HostError,
+    addresses, find_veth_pair, link_by_index, link_by_name, links, netns, netns_cookie,
+    run_in_netns, HostError,
 };
 use integration::fixtures::netns::{unique_ifname, veth_pair, HostLink, TestNetns};
 
@@ -138,23 +138,30 @@ fn veth_peer_found_in_host() {
     }
     let ns = TestNetns::new("wht-peer");
     let host_end = pod_veth(&ns, "p");
-    let peer = veth_peer_in_host(ns.path(), "eth0")
+    let pair = find_veth_pair(ns.path(), "eth0")
         .unwrap()
         .expect("host peer");
+    let peer = &pair.host;
     assert_eq!(peer.name, host_end.name());
     assert!(peer.is_veth());
     let eth0 = link_by_name(Some(ns.path()), "eth0").unwrap().unwrap();
     assert_eq!(peer.peer_index, Some(eth0.index));
+    assert_eq!(pair.inside, eth0, "the pod end as read inside the netns");
+    assert_eq!(
+        pair.netns_cookie,
+        Some(netns_cookie(ns.path()).unwrap()),
+        "the pod's netns cookie, read in the same visit"
+    );
 
     // Absent link: nothing to find. Not a veth: a clear error.
-    assert!(veth_peer_in_host(ns.path(), "eth9").unwrap().is_none());
-    match veth_peer_in_host(ns.path(), "lo") {
+    assert!(find_veth_pair(ns.path(), "eth9").unwrap().is_none());
+    match find_veth_pair(ns.path(), "lo") {
         Err(HostError::NotVeth { name, .. }) => assert_eq!(name, "lo"),
         other => panic!("lo: {other:?}"),
     }
     // Both ends inside the netns: no host peer.
     ns.must(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
-    assert!(veth_peer_in_host(ns.path(), "va").unwrap().is_none());
+    assert!(find_veth_pair(ns.path(), "va").unwrap().is_none());
 }
 
 /// The peer of `x` (in netns A) is `y` in netns B, and the host has a decoy veth with y's ifindex
@@ -210,10 +217,10 @@ fn veth_peer_in_other_netns_is_not_mistaken_for_host_link() {
     let x = link_by_name(Some(a.path()), "x").unwrap().unwrap();
     assert_eq!((x.index, x.peer_index), (base, Some(base + 1)));
 
-    assert!(veth_peer_in_host(a.path(), "x").unwrap().is_none());
+    assert!(find_veth_pair(a.path(), "x").unwrap().is_none());
     // ...while the real pair through C is found.
     assert_eq!(
-        veth_peer_in_host(c.path(), "z").unwrap().map(|l| l.name),
+        find_veth_pair(c.path(), "z").unwrap().map(|p| p.host.name),
         Some(decoy.name().to_owned())
     );
 }
@@ -290,7 +297,7 @@ fn deleted_netns_is_netns_missing() {
     let e = run_in_netns(&path, || ()).unwrap_err();
     assert!(e.is_netns_missing(), "{e}");
     assert!(netns_cookie(&path).unwrap_err().is_netns_missing());
-    assert!(veth_peer_in_host(&path, "eth0")
+    assert!(find_veth_pair(&path, "eth0")
         .unwrap_err()
         .is_netns_missing());
     assert!(link_by_name(Some(&path), "eth0")

@@ -203,7 +203,7 @@ pub fn verify(configured: &bpf::PinRoot, record: &Record) -> Result<Vec<String>>
         return Ok(problems);
     }
     let tc_filter = |ifindex, priority, handle| {
-        host::link::tc_ingress_filter_exists(None, ifindex, priority, handle)
+        host::link::tc_ingress_filter_prog(None, ifindex, priority, handle)
             .map_err(std::io::Error::other)
     };
     match &record.attachment {

@@ -80,9 +80,10 @@ pub fn choose(wanted: Mode, state_dir: &Path) -> Result<Option<bpf::Mode>> {
         Mode::Tcx => Err(missing("tcx links (mode: tcx)")),
         Mode::Tc if f.clsact => Ok(Some(bpf::Mode::Tc)),
         Mode::Tc => Err(missing("clsact + cls_bpf (mode: tc)")),
-        Mode::Auto if f.tcx => Ok(Some(bpf::Mode::Tcx)),
+        // The cheaper attach first (see bpf::probe::Features::mode).
         Mode::Auto if f.clsact => Ok(Some(bpf::Mode::Tc)),
-        Mode::Auto => Err(missing("both tcx and clsact")),
+        Mode::Auto if f.tcx => Ok(Some(bpf::Mode::Tcx)),
+        Mode::Auto => Err(missing("both clsact and tcx")),
         Mode::Off => unreachable!("handled above"),
     }
 }

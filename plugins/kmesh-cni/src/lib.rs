@@ -12,7 +12,7 @@ pub mod record;
 use conf::{AttachmentKey, CniResult, Request, Verbs};
 use config::{FailurePolicy, KmeshConf};
 use error::{KmeshError, Result};
-use host::RecordStore;
+use host::{HostError, RecordStore};
 use record::Record;
 
 pub const PLUGIN_NAME: &str = "kmesh-cni";
@@ -40,7 +40,7 @@ impl Context {
         let conf = KmeshConf::from_request(req)?;
         host::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
         Ok(Context {
-            store: RecordStore::for_plugin(PLUGIN_NAME),
+            store: record::store(&host::fsio::state_dir().join(PLUGIN_NAME)),
             pin_root: bpf::PinRoot::new(&conf.pin_root),
             conf,
         })
@@ -87,7 +87,13 @@ impl KmeshCni {
             }
         };
         let cookie = if policy.enrolled {
-            Some(host::netns_cookie(&pod.netns)?)
+            Some(pod.netns_cookie.ok_or_else(|| {
+                KmeshError::Link(format!(
+                    "no netns cookie for {} (SO_NETNS_COOKIE needs Linux >= 5.14): mesh \
+                     enrolment is keyed by it",
+                    pod.netns.display()
+                ))
+            })?)
         } else {
             None
         };
@@ -127,9 +133,15 @@ impl Verbs for KmeshCni {
         let ctx = Context::tolerant(req)?;
         let key = key(req)?;
         let _lock = ctx.store.lock()?;
-        match ctx.store.find::<Record>(&key)? {
-            Some((stored, record)) => fastpath::detach(&ctx.store, &stored, &ctx.pin_root, &record),
-            None => Ok(()),
+        match ctx.store.find::<Record>(&key) {
+            Ok(Some((stored, record))) => {
+                fastpath::detach(&ctx.store, &stored, &ctx.pin_root, &record)
+            }
+            Ok(None) => Ok(()),
+            Err(HostError::CorruptRecord { path, reason }) => {
+                discard_unreadable(&ctx, &key, &path, &reason)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -190,6 +202,12 @@ impl Verbs for KmeshCni {
             let record = match ctx.store.read::<Record>(&key) {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
+                Err(HostError::CorruptRecord { path, reason }) if !valid.contains(&key) => {
+                    if let Err(e) = discard_unreadable(&ctx, &key, &path, &reason) {
+                        fail(&key, e);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     fail(&key, e.into());
                     continue;
@@ -254,6 +272,34 @@ impl Verbs for KmeshCni {
         }
         Ok(())
     }
+}
+
+/// DEL (or GC) of an attachment whose record cannot be read. Records are not flushed to disk
+/// (see [`record::store`]), so a power loss can leave one empty or cut short; everything it
+/// listed lived in kernel memory and is gone too. What the key alone names (the tcx link pin
+/// under its attach key) is removed in case the kernel still has it, then the file: DEL must
+/// finish when there is nothing left it can undo. Map entries only a readable record could name
+/// are replaced by the next pod with the same address or veth.
+fn discard_unreadable(
+    ctx: &Context,
+    key: &AttachmentKey,
+    path: &std::path::Path,
+    reason: &str,
+) -> Result<()> {
+    tracing::warn!(path = %path.display(), reason, "discarding an unreadable record");
+    let legacy = AttachmentKey::legacy(key.container_id(), key.ifname())
+        .expect("parts of a valid key are valid");
+    let pins_reachable = bpf::is_bpffs(ctx.pin_root.path()).unwrap_or(false);
+    for k in [key, &legacy] {
+        if pins_reachable {
+            bpf::detach_key(&ctx.pin_root, &fastpath::attach_key(k), None)
+                .map_err(KmeshError::bpf("detach"))?;
+        }
+        if ctx.store.path(k) == path {
+            ctx.store.remove(k)?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves a legacy record into the network whose GC listed its interface: from then on it is that

@@ -18,6 +18,8 @@ pub struct PodNet {
     pub host_mac: [u8; 6],
     /// The host routes to the pod (ptp); false when the host veth is a bridge port.
     pub routed: bool,
+    /// The pod netns's cookie (the `managed` map key), when the kernel has one (>= 5.14).
+    pub netns_cookie: Option<u64>,
 }
 
 /// Why a pod gets no fast path even though it wanted one.
@@ -78,20 +80,19 @@ pub fn discover(
     if ips.is_empty() {
         return Ok(Err(NotAttachable::NoAddresses));
     }
-    let host_veth = match host::veth_peer_in_host(&netns, ifname) {
-        Ok(Some(link)) => link,
+    let pair = match host::find_veth_pair(&netns, ifname) {
+        Ok(Some(pair)) => pair,
         Ok(None) | Err(HostError::NotVeth { .. }) => return Ok(Err(NotAttachable::NotVeth)),
         Err(e) => return Err(e.into()),
     };
-    let pod_link = host::link_by_name(Some(&netns), ifname)?
-        .ok_or_else(|| KmeshError::Link(format!("{ifname} vanished from {}", netns.display())))?;
     Ok(Ok(PodNet {
-        pod_mac: parse_mac(pod_link.mac.as_deref())?,
-        host_mac: parse_mac(host_veth.mac.as_deref())?,
-        routed: host_veth.controller.is_none(),
+        pod_mac: parse_mac(pair.inside.mac.as_deref())?,
+        host_mac: parse_mac(pair.host.mac.as_deref())?,
+        routed: pair.host.controller.is_none(),
         netns,
         ips,
-        host_veth,
+        host_veth: pair.host,
+        netns_cookie: pair.netns_cookie,
     }))
 }
 

@@ -13,7 +13,21 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// kmesh-cni's record store in `dir` (`<state dir>/kmesh-cni`).
+///
+/// Written through the page cache, never flushed to disk (issue 12: the two record writes and
+/// the remove of an ADD+DEL were four fsyncs, most of kmesh-cni's cost in a chain). What a
+/// record describes lives only in kernel memory (tc filters and tcx links on the pod's veth,
+/// entries in maps pinned on bpffs, which is a RAM file system), so a power loss that could lose
+/// the record erases everything it lists too. A record still outlives the plugin being killed:
+/// the page cache holds it, and it is written before the side effects it lists. A record left
+/// empty or cut short by a power loss is answered by DEL and GC like a record of nothing
+/// ([`crate::KmeshCni`]'s DEL removes it and whatever its key alone names).
+pub fn store(dir: &Path) -> host::RecordStore {
+    host::RecordStore::new(dir).with_durability(host::fsio::Durability::Cache)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,6 +6,12 @@
 //! cost of a side is its chain's ADD+DEL wall time minus the bridge-alone run just before it:
 //! adjacent runs share the VM's momentary speed, so the difference keeps the plugin's own cost
 //! and drops most of the drift. The figure is median(A extra) / median(B extra).
+//!
+//! The kernel's floor, in the same run (issue 12): `weft-attach-floor` (bpf/src/bin) is the
+//! smallest program that does kmesh-cni's kernel work on a pod's veth, attaching and detaching
+//! the same pinned program in the same mode and nothing else. A second table alternates
+//! kmesh-cni's extra with the floor's: after a bridge-alone ADD, one floor exec attaches to the
+//! pod's host veth and one detaches, then the bridge DEL; the floor's extra is those two execs.
 
 use std::time::Duration;
 
@@ -17,7 +23,8 @@ use crate::bench::{self, BenchOpts, Figure, Table};
 use crate::cni::{bridge_plugin, conflist, Cnitool};
 use crate::fixtures::bpffs::Isolation;
 use crate::fixtures::netns::{unique_ifname, HostLink, TestNetns};
-use crate::plugins::CniPath;
+use crate::plugins::{built_bin_dir, CniPath};
+use crate::proc;
 
 const SUBNET: &str = "10.210.0.0/24";
 const NET_BRIDGE: &str = "wb-bridge";
@@ -42,6 +49,12 @@ const FIGURES: [Figure; 3] = [
     },
 ];
 
+const FLOOR_FIGURES: [Figure; 1] = [Figure {
+    key: "extra-time",
+    title: "extra ADD+DEL",
+    unit: "ms",
+}];
+
 fn wall_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -60,11 +73,23 @@ fn add_del(tool: &Cnitool, net: &str, ns: &TestNetns) -> Result<f64> {
     Ok(wall_ms(add_usage.wall) + wall_ms(del_usage.wall))
 }
 
-/// One ADD of the kmesh-cni chain must pin a link and write a record, and its DEL must remove
-/// both: otherwise A would time a pass-through, not the fast path's attach and detach.
-fn verify_attach(tool: &Cnitool, ns: &TestNetns, iso: &Isolation) -> Result<String> {
+/// One ADD of the kmesh-cni chain must attach the program and record the pod, and its DEL must
+/// undo both: otherwise A would time a pass-through, not the fast path's attach and detach.
+/// Returns the note to print and the attach mode kmesh-cni chose (`tc` or `tcx`).
+fn verify_attach(tool: &Cnitool, ns: &TestNetns, iso: &Isolation) -> Result<(String, String)> {
     let add = tool.add(NET_KMESH, ns.path());
-    let attached = (iso.link_pins().len(), iso.records().len());
+    let records = iso.record_values();
+    let attached_here = records
+        .first()
+        .map(|r| (r["mode"].as_str().unwrap_or("").to_owned(), r.clone()));
+    let attached = match &attached_here {
+        Some((mode, r)) if mode == "tcx" => iso.link_pins().len() == 1 && r["state"] == "attached",
+        Some((mode, r)) if mode == "tc" => {
+            let veth = r["host_veth"].as_str().unwrap_or("");
+            tc_filter_present(veth, bpf_tc_priority()) && r["state"] == "attached"
+        }
+        _ => false,
+    };
     let del = tool.del(NET_KMESH, ns.path());
     ensure!(
         add.success(),
@@ -76,23 +101,96 @@ fn verify_attach(tool: &Cnitool, ns: &TestNetns, iso: &Isolation) -> Result<Stri
         "cnitool del {NET_KMESH}:\n{}",
         del.describe()
     );
+    let Some((mode, _)) = attached_here.filter(|_| records.len() == 1 && attached) else {
+        bail!("kmesh-cni ADD attached no fast path (records: {records:?})");
+    };
+    let left = (iso.link_pins().len(), iso.records().len());
     ensure!(
-        attached == (1, 1),
-        "kmesh-cni ADD left {} link pins and {} records (want 1 and 1): no fast path attached",
-        attached.0,
-        attached.1
-    );
-    let detached = (iso.link_pins().len(), iso.records().len());
-    ensure!(
-        detached == (0, 0),
+        left == (0, 0),
         "kmesh-cni DEL left {} link pins and {} records",
-        detached.0,
-        detached.1
+        left.0,
+        left.1
     );
-    Ok(format!(
-        "checked: kmesh-cni ADD pins 1 tcx/tc link under {} and records the pod; DEL removes both",
-        iso.pin_root().display()
+    Ok((
+        format!(
+            "checked: kmesh-cni ADD attaches in mode {mode} under {} and records the pod; DEL \
+             removes both",
+            iso.pin_root().display()
+        ),
+        mode,
     ))
+}
+
+/// kmesh-cni's tc filter priority (bpf::TC_PRIORITY, "WF"); this crate does not link bpf.
+fn bpf_tc_priority() -> u32 {
+    0x5746
+}
+
+/// `tc filter show dev <veth> ingress` lists a filter at `priority`.
+fn tc_filter_present(veth: &str, priority: u32) -> bool {
+    let out = proc::cmd("tc", &["-j", "filter", "show", "dev", veth, "ingress"]);
+    out.success()
+        && serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f["pref"].as_u64() == Some(u64::from(priority)))
+}
+
+/// The host-side veth a bridge ADD created: the result's interface outside the sandbox that is
+/// not the bridge.
+fn host_veth(add_result: &serde_json::Value, bridge: &str) -> Result<String> {
+    add_result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i.get("sandbox").is_none() && i["name"] != bridge)
+        .and_then(|i| i["name"].as_str())
+        .map(str::to_owned)
+        .context("bridge result names no host veth")
+}
+
+/// The kernel's floor for one pod: bridge ADD (not measured), `weft-attach-floor attach` and
+/// `detach` on its host veth (measured), bridge DEL. Returns the two execs' wall time in ms.
+fn floor_run(
+    tool: &Cnitool,
+    ns: &TestNetns,
+    floor: &std::path::Path,
+    mode: &str,
+    iso: &Isolation,
+    bridge: &str,
+) -> Result<f64> {
+    let add = tool.add(NET_BRIDGE, ns.path());
+    let result = (|| -> Result<f64> {
+        ensure!(
+            add.success(),
+            "cnitool add {NET_BRIDGE}:\n{}",
+            add.describe()
+        );
+        let veth = host_veth(&add.json(), bridge)?;
+        let mut total = 0.0;
+        for verb in ["attach", "detach"] {
+            let mut cmd = std::process::Command::new(floor);
+            cmd.args([verb, mode, iso.pin_root_str(), &veth]);
+            let (out, usage) = proc::run(&mut cmd, b"").context("exec weft-attach-floor")?;
+            ensure!(
+                out.success(),
+                "weft-attach-floor {verb}:\n{}",
+                out.describe()
+            );
+            total += wall_ms(usage.wall);
+        }
+        Ok(total)
+    })();
+    let del = tool.del(NET_BRIDGE, ns.path());
+    let total = result?;
+    ensure!(
+        del.success(),
+        "cnitool del {NET_BRIDGE}:\n{}",
+        del.describe()
+    );
+    Ok(total)
 }
 
 pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
@@ -122,7 +220,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
     tool.write_conflist(&conflist(NET_TUNING, &[main, tuning_plugin]));
     let ns = TestNetns::new("weft-bench-chain");
 
-    let checked = verify_attach(&tool, &ns, &iso)?;
+    let (checked, mode) = verify_attach(&tool, &ns, &iso)?;
     let side = |chained: &str| -> Result<Vec<f64>> {
         let base = add_del(&tool, NET_BRIDGE, &ns)?;
         let chain = add_del(&tool, chained, &ns)?;
@@ -145,5 +243,38 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
             .into(),
         checked,
     ];
-    Ok(vec![table])
+
+    let floor = built_bin_dir().join("weft-attach-floor");
+    ensure!(
+        floor.is_file(),
+        "{} not found (cargo build --release -p bpf)",
+        floor.display()
+    );
+    let mut floor_table = bench::alternate(
+        "P1-chain-floor",
+        (
+            "kmesh-cni's extra over bridge alone (as above)",
+            &format!("the kernel's floor: weft-attach-floor attach + detach, mode {mode}"),
+        ),
+        &FLOOR_FIGURES,
+        opts.pairs,
+        || Ok(vec![side(NET_KMESH)?[2]]),
+        || {
+            Ok(vec![floor_run(
+                &tool,
+                &ns,
+                &floor,
+                &mode,
+                &iso,
+                bridge.name(),
+            )?])
+        },
+    )?;
+    floor_table.notes = vec![
+        "floor: two execs of the smallest program doing kmesh-cni's kernel work (open the \
+         pinned program, clsact + filter add / filter delete, or tcx link + pin / unpin), \
+         timed around each exec"
+            .into(),
+    ];
+    Ok(vec![table, floor_table])
 }
