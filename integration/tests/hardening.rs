@@ -178,6 +178,41 @@ fn a_container_id_longer_than_a_file_name_goes_through_add_check_del() {
         .assert_success("DEL of a never-recorded long ID");
 }
 
+/// kmesh-cni's records live in the page cache only (issue 12: what they list dies with the
+/// kernel), so a power loss can leave one empty. DEL and GC of such a record succeed, take away
+/// what they can still find (the pod's filter or link) and drop the file: a failing DEL would
+/// stop the runtime's chain DEL and leak the address.
+#[test]
+fn an_empty_record_is_discarded_by_del_and_gc() {
+    if !require_netns_env() || !require(&["bpftool"]) {
+        return;
+    }
+    for verb in ["DEL", "GC"] {
+        let k = Kmesh::new("wke");
+        let conf = k.conf("1.1.0");
+        k.run_json(&k.env("ADD"), &conf).assert_success("ADD");
+        assert_eq!(k.iso.attached().len(), 1, "{verb}: attached after ADD");
+        let record = k.iso.record_path(&k.container_id, "eth0");
+        std::fs::write(&record, b"").unwrap();
+        let out = match verb {
+            "DEL" => k.run_json(&k.env("DEL"), &conf),
+            _ => {
+                let mut gc = k.base_conf("1.1.0");
+                gc["cni.dev/valid-attachments"] = json!([]);
+                k.run_json(&k.env_global("GC"), &gc)
+            }
+        };
+        out.assert_success(&format!("{verb} of an empty record"));
+        assert!(!record.exists(), "{verb}: the empty record is still there");
+        if verb == "DEL" {
+            // GC cannot name the veth without the record; DEL finds it through the pod.
+            assert_eq!(k.iso.attached(), Vec::<String>::new(), "{verb}: left attached");
+        }
+        k.run_json(&k.env("DEL"), &conf)
+            .assert_success(&format!("DEL after {verb}"));
+    }
+}
+
 #[test]
 fn stdin_past_the_cap_fails_fast_with_code_7() {
     let cni_path = CniPath::new();

@@ -139,7 +139,14 @@ impl Verbs for KmeshCni {
             }
             Ok(None) => Ok(()),
             Err(HostError::CorruptRecord { path, reason }) => {
-                discard_unreadable(&ctx, &key, &path, &reason)
+                // The pod's host veth, if the pod is still there: its tc filter is ours.
+                let host_veth = req.env.netns.as_deref().and_then(|netns| {
+                    host::find_veth_pair(netns, &req.env.ifname)
+                        .ok()
+                        .flatten()
+                        .map(|pair| pair.host.name)
+                });
+                discard_unreadable(&ctx, &key, host_veth.as_deref(), &path, &reason)
             }
             Err(e) => Err(e.into()),
         }
@@ -203,7 +210,7 @@ impl Verbs for KmeshCni {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(HostError::CorruptRecord { path, reason }) if !valid.contains(&key) => {
-                    if let Err(e) = discard_unreadable(&ctx, &key, &path, &reason) {
+                    if let Err(e) = discard_unreadable(&ctx, &key, None, &path, &reason) {
                         fail(&key, e);
                     }
                     continue;
@@ -276,13 +283,15 @@ impl Verbs for KmeshCni {
 
 /// DEL (or GC) of an attachment whose record cannot be read. Records are not flushed to disk
 /// (see [`record::store`]), so a power loss can leave one empty or cut short; everything it
-/// listed lived in kernel memory and is gone too. What the key alone names (the tcx link pin
-/// under its attach key) is removed in case the kernel still has it, then the file: DEL must
-/// finish when there is nothing left it can undo. Map entries only a readable record could name
-/// are replaced by the next pod with the same address or veth.
+/// listed lived in kernel memory and is gone too. What can be found without the record is
+/// removed in case the kernel still has it (the tcx link pinned under the key's attach key;
+/// weft's tc filter on `host_veth`, the pod's host veth when DEL could still find it), then
+/// the file: DEL must finish when there is nothing left it can undo. Map entries only a
+/// readable record could name are replaced by the next pod with the same address or veth.
 fn discard_unreadable(
     ctx: &Context,
     key: &AttachmentKey,
+    host_veth: Option<&str>,
     path: &std::path::Path,
     reason: &str,
 ) -> Result<()> {
@@ -292,7 +301,7 @@ fn discard_unreadable(
     let pins_reachable = bpf::is_bpffs(ctx.pin_root.path()).unwrap_or(false);
     for k in [key, &legacy] {
         if pins_reachable {
-            bpf::detach_key(&ctx.pin_root, &fastpath::attach_key(k), None)
+            bpf::detach_key(&ctx.pin_root, &fastpath::attach_key(k), host_veth)
                 .map_err(KmeshError::bpf("detach"))?;
         }
         if ctx.store.path(k) == path {
