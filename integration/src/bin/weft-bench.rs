@@ -62,12 +62,14 @@ enum Suite {
         #[arg(long, default_value_t = 256)]
         pods: usize,
     },
-    /// P4-scale: ADD latency with 1,000 reservations held vs 10, weft-ipam vs itself (and
-    /// host-local vs itself for comparison)
+    /// P4-scale: ADD and DEL latency with 1,000 reservations held vs 10, weft-ipam vs itself
+    /// (and host-local vs itself for comparison)
     #[command(alias = "p4-scale")]
     IpamScale {
+        /// Reservations in the measured store (one /16: at most 60,000)
         #[arg(long, default_value_t = 1000)]
         held: usize,
+        /// Reservations in the reference store
         #[arg(long, default_value_t = 10)]
         base: usize,
     },
