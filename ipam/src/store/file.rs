@@ -26,7 +26,7 @@
 //! power loss or kernel crash ends every pod of the node, so an older pool after the reboot
 //! lacks only reservations nobody holds any more, or holds some that DEL/GC frees. A lost write
 //! can never yield a duplicate; the sync only keeps a power loss from leaving a *torn* pool on
-//! filesystems that do not order the data themselves, which every verb would refuse (code 4)
+//! filesystems that do not order the data themselves, which every verb would refuse (code 101)
 //! until an operator removed it. ipam/README.md has the measurements.
 //!
 //! **Cost per verb**: one open+flock, one read of this network's pool (30–100 bytes per
@@ -277,7 +277,7 @@ impl Store for FileStore {
 /// `auto_da_alloc`, btrfs) or keeps nothing across a reboot (tmpfs); fdatasync of the file
 /// elsewhere. The directory is never synced: an older pool after a power loss is harmless.
 /// ext4 mounted `data=writeback` or `noauto_da_alloc` is taken for ext4: a power loss may then
-/// tear the pool, which is refused (code 4), never read as a smaller pool.
+/// tear the pool, which is refused (code 101), never read as a smaller pool.
 pub fn pool_durability(dir: &Path) -> Durability {
     use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC};
     match statfs(dir).map(|s| s.filesystem_type()) {
