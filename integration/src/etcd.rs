@@ -40,6 +40,12 @@ impl EtcdCluster {
 
     /// Starts the members and waits (up to 30 s) until the cluster answers `endpoint health`.
     pub fn start() -> Result<EtcdCluster> {
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// [`EtcdCluster::start`] with the members' data under `parent` (e.g. a tmpfs, to take
+    /// etcd's own fsyncs out of a measurement).
+    pub fn start_in(parent: &std::path::Path) -> Result<EtcdCluster> {
         for tool in ["etcd", "etcdctl"] {
             let p = crate::prereq::lookup(tool);
             ensure!(
@@ -52,8 +58,8 @@ impl EtcdCluster {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = tempfile::Builder::new()
             .prefix("weft-etcd-")
-            .tempdir()
-            .context("etcd data dir")?;
+            .tempdir_in(parent)
+            .with_context(|| format!("etcd data dir in {}", parent.display()))?;
         let mut ports = Vec::new();
         for _ in 0..3 {
             ports.push((free_port()?, free_port()?));
@@ -183,6 +189,46 @@ impl EtcdCluster {
             .collect())
     }
 
+    /// The Prometheus text of member `i`'s `/metrics` (served on its client URL).
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        http(&self.members[i].client_url, "GET", "/metrics", "")
+    }
+
+    /// The sum over the running members of every sample of `name` whose labels contain all of
+    /// `labels` (`key="value"` strings): e.g. the KV requests served, to count round trips.
+    pub fn counter(&self, name: &str, labels: &[&str]) -> Result<f64> {
+        let mut sum = 0.0;
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            sum += sum_samples(&self.metrics(i)?, name, labels);
+        }
+        Ok(sum)
+    }
+
+    /// Writes `kvs` through member 0's JSON gateway, 128 puts per transaction (etcd's default
+    /// `--max-txn-ops`): seeding thousands of keys takes seconds, not one etcdctl per key.
+    pub fn put_many(&self, kvs: &[(String, String)]) -> Result<()> {
+        let url = &self.members[0].client_url;
+        for chunk in kvs.chunks(128) {
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    serde_json::json!({"request_put": {"key": base64(k.as_bytes()), "value": base64(v.as_bytes())}})
+                })
+                .collect();
+            let body = serde_json::json!({ "success": ops }).to_string();
+            let reply = http(url, "POST", "/v3/kv/txn", &body)?;
+            ensure!(
+                reply.contains("\"succeeded\":true"),
+                "etcd txn of {} puts: {reply}",
+                chunk.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Index of the current leader (from `endpoint status`).
     pub fn leader(&self) -> Result<usize> {
         let o = self.etcdctl(&["endpoint", "status", "-w", "json"])?;
@@ -212,11 +258,137 @@ impl EtcdCluster {
     }
 }
 
+/// The sum of the samples of metric `name` whose label set contains every one of `labels`.
+fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_set) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| label_set.contains(want)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// One HTTP/1.1 request to a member's plain-text client URL (`http://127.0.0.1:port`); the
+/// body of a 200 answer. Loopback only: enough for `/metrics` and the JSON gateway.
+fn http(url: &str, method: &str, path: &str, body: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr = url.strip_prefix("http://").context("not an http:// URL")?;
+    let mut conn = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let (head, rest) = reply.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{method} {path}: {head}");
+    // The gateway may answer chunked: join the chunks.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).context("chunk size")?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(tail.get(..n).context("short chunk")?);
+            rest = tail.get(n + 2..).unwrap_or_default();
+        }
+        return Ok(out);
+    }
+    Ok(rest.to_owned())
+}
+
+/// Standard base64 with padding (the JSON gateway's encoding of keys and values).
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         // Our own children, by PID (std's Child never signals a reaped process).
         for i in 0..self.members.len() {
             self.kill(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded, "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn seeded_keys_and_request_counters_of_a_real_cluster() {
+        if !EtcdCluster::require() {
+            return;
+        }
+        let c = EtcdCluster::start().unwrap();
+        let kv_requests = || {
+            c.counter(
+                "grpc_server_handled_total",
+                &["grpc_service=\"etcdserverpb.KV\""],
+            )
+        };
+        let before = kv_requests().unwrap();
+        let kvs: Vec<(String, String)> = (0..300)
+            .map(|i| {
+                (
+                    format!("/seed/{i:04}"),
+                    format!("{{\"node\":\"n{i}\",\"prefix\":26}}"),
+                )
+            })
+            .collect();
+        c.put_many(&kvs).unwrap();
+        assert_eq!(c.count_keys("/seed/").unwrap(), 300);
+        let got = c.get_prefix("/seed/0007").unwrap();
+        assert_eq!(got, vec![kvs[7].clone()]);
+        // Three gateway transactions (128 + 128 + 44 puts) and etcdctl's two reads.
+        assert!(kv_requests().unwrap() >= before + 5.0);
+    }
+
+    #[test]
+    fn counters_sum_the_matching_series() {
+        let text = "# HELP x\nreq_total{m=\"Txn\",code=\"OK\"} 3\nreq_total{m=\"Range\",code=\"OK\"} 2\nreq_total_other 9\n";
+        assert_eq!(sum_samples(text, "req_total", &[]), 5.0);
+        assert_eq!(sum_samples(text, "req_total", &["m=\"Txn\""]), 3.0);
     }
 }

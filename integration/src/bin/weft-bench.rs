@@ -61,31 +61,56 @@ enum Suite {
         #[arg(long, default_value_t = 256)]
         pods: usize,
     },
-    /// P4-scale: ADD latency with 1,000 reservations held vs 10, weft-ipam vs itself (and
-    /// host-local vs itself for comparison)
+    /// P4-scale: ADD and DEL latency with 1,000 reservations held vs 10, weft-ipam vs itself
+    /// (and host-local vs itself for comparison)
     #[command(alias = "p4-scale")]
     IpamScale {
+        /// Reservations in the measured store (one /16: at most 60,000)
         #[arg(long, default_value_t = 1000)]
         held: usize,
+        /// Reservations in the reference store
         #[arg(long, default_value_t = 10)]
         base: usize,
     },
-    /// P2-cluster: simulated nodes x concurrent ADDs against a 3-member etcd on loopback,
-    /// weft-ipam etcd store: per-ADD p50/p99, failures, duplicates
+    /// P2-cluster: N simulated nodes x M pods (bounded concurrency per node and in the
+    /// cluster), weft-ipam's etcd store (3-member etcd on loopback) vs its file store (one per
+    /// node), ADD p50/p99, etcd round trips per ADD, duplicates; then block-claim latency with
+    /// 10 / 1,000 / 10,000 blocks already claimed [pairs default: 5]
     #[command(alias = "p2-cluster")]
     IpamCluster {
-        /// Rounds of nodes x per-node ADDs, each on a fresh network
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, default_value_t = 8)]
-        nodes: usize,
-        #[arg(long, default_value_t = 128)]
-        per_node: usize,
+        /// NODESxPODS, repeatable
+        #[arg(long = "shape", default_values_t = ["64x64".parse::<ipam::Shape>().unwrap(), "8x512".parse().unwrap()])]
+        shapes: Vec<ipam::Shape>,
+        /// Execs in flight per node at most (a kubelet's pod workers)
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Execs in flight in the whole cluster at most [default: the number of CPUs]
+        #[arg(long)]
+        max_procs: Option<usize>,
+        /// cold: a fresh network every run (every node claims its blocks each run); warm: the
+        /// blocks claimed by the warm-up run are reused
+        #[arg(long, value_enum, default_value = "both")]
+        scenario: Scenario,
+        /// Block-claim scale curve: blocks claimed before a fresh node claims one (the
+        /// smallest is the reference; fewer than two levels skips the curve)
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        seeded: Vec<usize>,
+        /// Parent directory of etcd's data [default: the system temp dir]; a tmpfs such as
+        /// /dev/shm takes etcd's own fsyncs out of the figures
+        #[arg(long)]
+        etcd_dir: Option<PathBuf>,
         /// weft-ipam's bound on one verb against etcd (store.timeout_ms); the harness kills a
         /// process 15 s after it
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    Cold,
+    Warm,
+    Both,
 }
 
 #[derive(clap::Args)]
@@ -136,17 +161,28 @@ fn main() -> Result<()> {
             })?,
         ),
         Suite::IpamCluster {
-            runs,
-            nodes,
-            per_node,
+            shapes,
+            workers,
+            max_procs,
+            scenario,
+            seeded,
+            etcd_dir,
             timeout_ms,
-        } => ipam::run_cluster(&ipam::ClusterOpts {
-            bin_dir,
-            runs,
-            nodes,
-            per_node,
-            timeout: std::time::Duration::from_millis(timeout_ms),
-        })?,
+        } => bench::render(
+            "weft-bench ipam-cluster",
+            &ipam::run_cluster(&ipam::ClusterOpts {
+                ipam: opts(5),
+                shapes,
+                workers,
+                max_procs: max_procs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                cold: matches!(scenario, Scenario::Cold | Scenario::Both),
+                warm: matches!(scenario, Scenario::Warm | Scenario::Both),
+                seeded,
+                etcd_dir,
+                timeout: std::time::Duration::from_millis(timeout_ms),
+            })?,
+        ),
     };
     print!("{report}");
     Ok(())

@@ -14,7 +14,7 @@
 //! blocks (lowest block first, lowest free address in it), or what the node has to get from
 //! etcd first ([`Need`]).
 
-use super::{text, Claim, Owner, Plan, Pool};
+use super::{text, Claim, Owner, Plan, Reservations};
 use crate::error::Result;
 use crate::range::{from_u128, Block, Family};
 use std::collections::BTreeSet;
@@ -42,19 +42,18 @@ pub enum Local {
 }
 
 /// The addresses of `pool` inside `block`.
-pub fn used_in(pool: &Pool, block: &Block) -> usize {
+pub fn used_in(pool: &impl Reservations, block: &Block) -> usize {
     let (lo, hi) = block.span();
     let family = Family::of(block.start);
-    pool.map
-        .range(from_u128(family, lo)..=from_u128(family, hi))
+    pool.held_in(from_u128(family, lo), from_u128(family, hi))
         .count()
 }
 
-/// Decides one ADD from the node-local pool and block list, with [`Pool::decide`]'s rules, over
+/// Decides one ADD from the node-local pool and block list, with [`Reservations::decide`]'s rules, over
 /// the node's blocks instead of whole ranges. Exhaustion is not decided here: a full node asks for a
 /// block ([`Local::Need`]) and etcd says whether one is left.
 pub fn plan(
-    pool: &Pool,
+    pool: &impl Reservations,
     blocks: &BTreeSet<Block>,
     owner: &Owner,
     claims: &[Claim<'_>],
@@ -78,7 +77,7 @@ pub fn plan(
                 ours.iter().find_map(|b| {
                     let (lo, hi) = b.span();
                     let cut = r.restrict(lo, hi)?;
-                    cut.lowest_free(pool.map.range(cut.start..=cut.end).map(|(ip, _)| *ip))
+                    cut.lowest_free(pool.held_in(cut.start, cut.end))
                 })
             },
         )?;
@@ -114,6 +113,7 @@ mod tests {
     use super::*;
     use crate::range::{Range, RangeSpec};
     use crate::store::test_support::{ip, owner, range_sliced as range};
+    use crate::store::Pool;
 
     fn block(s: &str) -> Block {
         s.parse().unwrap()

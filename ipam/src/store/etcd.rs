@@ -68,11 +68,12 @@
 
 use super::blocks::{self, Local, Need, BLOCKS_FILE};
 use super::file::FileStore;
-use super::{Claim, Owner, Pool, Store};
+use super::{Claim, Owner, PoolFile, Store};
 use crate::config::{validate_network_name, EtcdConfig};
 use crate::error::{IpamError, Result};
 use crate::range::{from_u128, key_hex, parse_key_hex, Block, Family, Range};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use host::fsio::Durability;
 use host::lock::{lock_file_within, Locked};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -299,8 +300,14 @@ impl EtcdStore {
         })
     }
 
-    fn save_blocks(&self, list: &BTreeSet<Block>) -> Result<()> {
-        self.local.write_atomic(BLOCKS_FILE, &blocks::render(list))
+    /// Writes the block list. `durability`: a block added after its claim committed needs no
+    /// sync (lost by a power loss, it is an orphan, adopted back on the next claim); a block
+    /// removed before its key is deleted in etcd needs [`Durability::Full`] (file and directory):
+    /// were the removal lost after the delete, this node would serve a block another node may
+    /// already hold.
+    fn save_blocks(&self, list: &BTreeSet<Block>, durability: Durability) -> Result<()> {
+        self.local
+            .write_atomic(BLOCKS_FILE, &blocks::render(list), durability)
     }
 
     /// The node's claim lock, waited for until `deadline`; past it: code 11.
@@ -551,7 +558,7 @@ impl EtcdStore {
                 .collect();
             if !empty.is_empty() {
                 list.retain(|b| !empty.contains(b));
-                self.save_blocks(&list)?;
+                self.save_blocks(&list, Durability::Full)?;
             }
             Ok((empty, false))
         })?;
@@ -677,18 +684,18 @@ impl Store for EtcdStore {
         let mut claim_lock: Option<Locked> = None;
         let mut fresh: Vec<Block> = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            let step = self.local.transact(|pool: &mut Pool| {
+            let step = self.local.transact(|pool: &mut PoolFile| {
                 let mut list = self.load_blocks()?;
                 check_local_blocks(&list, claims)?;
                 if !fresh.is_empty() {
                     list.extend(fresh.iter().copied());
-                    self.save_blocks(&list)?;
+                    self.save_blocks(&list, Durability::Cache)?;
                 }
                 match blocks::plan(pool, &list, owner, claims)? {
                     Local::Done(plan) => {
                         let adopted = pool.adopt(owner, &plan.addrs);
                         for ip in &plan.new {
-                            pool.map.insert(*ip, owner.clone());
+                            pool.insert(*ip, owner);
                         }
                         Ok((Ok(plan.addrs), adopted || !plan.new.is_empty()))
                     }

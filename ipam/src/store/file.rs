@@ -6,40 +6,41 @@
 //! <network>/pool           every reservation of the network, sorted by address (0600)
 //! <network>/.tmp-<pid>-<n> the next version being written (0600, O_EXCL | O_NOFOLLOW)
 //! ```
-//! `pool` is text, one reservation per line, between a header and a trailer that carries the
-//! line count, so a truncated file is detected instead of silently losing reservations:
-//! ```text
-//! weft-ipam pool v2
-//! 10.1.0.2 <network> <containerID> <ifname>
-//! 10.1.0.3 - <containerID> <ifname>
-//! end 2
-//! ```
-//! `<network>` is the owning CNI network's `name` (several networks may share a pool through
-//! `network_name`); `-` marks a legacy reservation (no network name starts with `-`). Pools
-//! written by earlier releases (`weft-ipam pool v1`, lines `<address> <containerID> <ifname>`)
-//! are read as legacy reservations and rewritten as v2 on the next change.
+//! `pool` is text, one reservation per line in address order, between a header and a trailer
+//! carrying the line count ([`super::pool_file`] has the format and its readers).
 //!
 //! **One verb = one transaction**: take `flock(LOCK_EX)` on `lock` (released by the kernel when
-//! the process dies, so a `kill -9` never leaves a stale lock), read `pool` into a `BTreeMap`,
-//! decide with [`Pool::plan`], write a temp file, `fdatasync` it, `rename` it over `pool`
-//! ([`host::fsio::write_atomic`]). rename(2) is atomic, so every reader sees either the old or
-//! the new pool; a process killed at any point leaves at worst a stale temp file (swept by the
-//! next transaction: under the lock no other writer can own one) and possibly a reservation
-//! whose result was never printed (freed by DEL or GC). Duplicates are
-//! impossible because every decision is made on the latest pool under the exclusive lock.
+//! the process dies, so a `kill -9` never leaves a stale lock), read `pool`
+//! ([`PoolFile::read`]), decide with [`Reservations::plan`], write a temp file and `rename` it
+//! over `pool` ([`host::fsio::write_atomic`]). rename(2) is atomic, so every reader sees either
+//! the old or the new pool; a process killed at any point leaves at worst a stale temp file
+//! (swept by the next transaction: under the lock no other writer can own one) and possibly a
+//! reservation whose result was never printed (freed by DEL or GC). Duplicates are impossible
+//! because every decision is made on the latest pool under the exclusive lock.
 //!
-//! **Cost per verb**: one open+flock, one read of this network's pool (~60 bytes per
-//! reservation: 60 KB at 1,000 pods), an in-memory decision that walks only the leading run of
-//! occupied addresses of the range (`O(log n)` to seek, no directory scan, no per-address files:
-//! host-local opens one file per address on DEL), one write + fdatasync + rename. The directory
-//! is not fsynced after the rename: after a power loss the worst case is the previous pool,
-//! which only lacks reservations of containers that did not survive the reboot either.
+//! **Durability** ([`pool_durability`]): the pool is not fsynced where the filesystem itself
+//! writes a file's data before a rename over another file commits (ext4's default
+//! `auto_da_alloc` in `data=ordered`, btrfs; tmpfs has nothing to lose), and fdatasynced
+//! elsewhere (XFS and the rest), never with the directory. Why that is enough: a crash of the
+//! plugin alone loses nothing (the page cache holds every write, and a reader sees it), and a
+//! power loss or kernel crash ends every pod of the node, so an older pool after the reboot
+//! lacks only reservations nobody holds any more, or holds some that DEL/GC frees. A lost write
+//! can never yield a duplicate; the sync only keeps a power loss from leaving a *torn* pool on
+//! filesystems that do not order the data themselves, which every verb would refuse (code 101)
+//! until an operator removed it. ipam/README.md has the measurements.
+//!
+//! **Cost per verb**: one open+flock, one read of this network's pool (30–100 bytes per
+//! reservation), a check of every line's structure and address, a decision that reads only the
+//! owners of the claimed range as text, one write + rename of the whole file. Most of that
+//! grows with the number of reservations, slowly (`weft-bench ipam-scale`, ipam/README.md).
 //!
 //! Locking is `host::lock` and writing `host::fsio`, shared with the record store.
 
-use super::{text, Claim, Owner, Pool, Store};
+pub use super::pool_file::{parse, render};
+use super::{Claim, Owner, Pool, PoolFile, Reservations, Store};
 use crate::config::validate_network_name;
 use crate::error::{IpamError, Result};
+use host::fsio::Durability;
 use host::lock::{lock_file, Locked};
 use std::collections::HashSet;
 use std::fs;
@@ -48,14 +49,9 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-const HEADER: &str = "weft-ipam pool v2";
 /// The spare kept so that freeing addresses works on a full disk (see `save_shrunk`).
 const SPARE: &str = "spare";
 const SPARE_STEP: u64 = 4096;
-/// What releases before network scoping wrote: no network per reservation.
-const HEADER_V1: &str = "weft-ipam pool v1";
-/// The network field of a legacy reservation.
-const NO_NETWORK: &str = "-";
 
 pub struct FileStore {
     /// `<store dir>/<network>`
@@ -90,20 +86,24 @@ impl FileStore {
     }
 
     /// Reads the pool; a missing file is an empty pool. Call with the lock held.
-    fn load(&self) -> Result<Pool> {
-        let path = self.pool_path();
+    fn load(&self) -> Result<PoolFile> {
         let Some(text) = self.read_optional("pool")? else {
-            return Ok(Pool::default());
+            return Ok(PoolFile::default());
         };
-        parse(&text).map_err(|why| {
-            IpamError::Corrupt(format!("pool file {} is corrupt: {why}", path.display()))
-        })
+        PoolFile::read(text).map_err(|why| self.corrupt(&why))
+    }
+
+    fn corrupt(&self, why: &str) -> IpamError {
+        IpamError::Corrupt(format!(
+            "pool file {} is corrupt: {why}",
+            self.pool_path().display()
+        ))
     }
 
     /// Replaces the pool atomically. Call with the lock held.
-    fn save(&self, pool: &Pool) -> Result<()> {
-        let text = render(pool);
-        self.write_atomic("pool", &text)?;
+    fn save(&self, pool: &PoolFile) -> Result<()> {
+        let text = pool.render();
+        self.write_pool(&text)?;
         self.keep_spare(text.len() as u64);
         Ok(())
     }
@@ -112,13 +112,13 @@ impl FileStore {
     /// new pool needs new blocks before the old ones go. So the store keeps `spare`, a file at
     /// least as large as the pool: when such a write finds no space, the spare is given up,
     /// the write retried, and the spare made again when there is room.
-    fn save_shrunk(&self, pool: &Pool) -> Result<()> {
-        let text = render(pool);
-        match self.write_atomic("pool", &text) {
+    fn save_shrunk(&self, pool: &PoolFile) -> Result<()> {
+        let text = pool.render();
+        match self.write_pool(&text) {
             Err(IpamError::Host(e)) if e.is_no_space() => {
                 tracing::warn!(dir = %self.dir.display(), "disk full: using the spare to free addresses");
                 let _ = fs::remove_file(self.dir.join(SPARE));
-                self.write_atomic("pool", &text)?;
+                self.write_pool(&text)?;
                 self.keep_spare(text.len() as u64);
                 Ok(())
             }
@@ -152,16 +152,26 @@ impl FileStore {
         }
     }
 
-    /// Replaces `<dir>/<name>` atomically ([`host::fsio::write_atomic`], fdatasync'd). Call with
-    /// the lock held (the etcd store keeps its block list next to the pool this way).
-    pub(crate) fn write_atomic(&self, name: &str, text: &str) -> Result<()> {
+    /// Replaces `<dir>/<name>` atomically ([`host::fsio::write_atomic`]) as durably as asked.
+    /// Call with the lock held (the etcd store keeps its block list next to the pool this way).
+    pub(crate) fn write_atomic(
+        &self,
+        name: &str,
+        text: &str,
+        durability: Durability,
+    ) -> Result<()> {
         test_pause();
         Ok(host::fsio::write_atomic(
             &self.dir,
             name,
             text.as_bytes(),
-            host::fsio::Durability::Data,
+            durability,
         )?)
+    }
+
+    /// Replaces the pool file (see [`pool_durability`]).
+    fn write_pool(&self, text: &str) -> Result<()> {
+        self.write_atomic("pool", text, pool_durability(&self.dir))
     }
 
     /// `<dir>/<name>` as text; `None` if it does not exist. Call with the lock held.
@@ -193,18 +203,21 @@ impl FileStore {
     /// A consistent snapshot of every reservation (for tests, `weft inspect`).
     pub fn list(&self) -> Result<Pool> {
         let _lock = self.lock(false)?;
-        self.load()
+        self.load()?.to_pool().map_err(|why| self.corrupt(&why))
     }
 
     /// Runs `f` on the pool under the exclusive lock and saves the pool if `f` says it changed.
-    pub(crate) fn transact<T>(&self, f: impl FnOnce(&mut Pool) -> Result<(T, bool)>) -> Result<T> {
+    pub(crate) fn transact<T>(
+        &self,
+        f: impl FnOnce(&mut PoolFile) -> Result<(T, bool)>,
+    ) -> Result<T> {
         let _lock = self.lock(true)?;
         host::fsio::sweep_stale_temps(&self.dir);
         test_pause();
         let mut pool = self.load()?;
-        let before = pool.map.len();
+        let before = pool.len();
         let (out, changed) = f(&mut pool)?;
-        if changed && pool.map.len() < before {
+        if changed && pool.len() < before {
             self.save_shrunk(&pool)?;
         } else if changed {
             self.save(&pool)?;
@@ -220,7 +233,7 @@ impl Store for FileStore {
             let plan = pool.plan(owner, claims)?;
             let adopted = pool.adopt(owner, &plan.addrs);
             for ip in &plan.new {
-                pool.map.insert(*ip, owner.clone());
+                pool.insert(*ip, owner);
             }
             Ok((plan.addrs, adopted || !plan.new.is_empty()))
         })
@@ -235,11 +248,20 @@ impl Store for FileStore {
     }
 
     fn held(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
-        Ok(self.list()?.owned_by(owner))
+        let _lock = self.lock(false)?;
+        Ok(self.load()?.owned_by(owner))
     }
 
+    /// GC works on the whole [`Pool`] (it looks at every owner anyway).
     fn retain(&self, network: &str, keep: &HashSet<Owner>) -> Result<Vec<(IpAddr, Owner)>> {
-        self.transact(|pool| Ok(pool.retain(network, keep)))
+        self.transact(|file| {
+            let mut pool = file.to_pool().map_err(|why| self.corrupt(&why))?;
+            let (freed, changed) = pool.retain(network, keep);
+            if changed {
+                *file = PoolFile::from_pool(&pool);
+            }
+            Ok((freed, changed))
+        })
     }
 
     /// Writable (the directory can be created and the lock file opened for writing and
@@ -247,6 +269,22 @@ impl Store for FileStore {
     fn status(&self, _ranges: &[crate::range::Range]) -> Result<()> {
         let _lock = self.lock(true)?;
         self.load().map(drop)
+    }
+}
+
+/// How durable a pool write must be (the module docs say why): no sync where the filesystem
+/// orders a file's data before a rename over another file (ext4 `data=ordered` with its default
+/// `auto_da_alloc`, btrfs) or keeps nothing across a reboot (tmpfs); fdatasync of the file
+/// elsewhere. The directory is never synced: an older pool after a power loss is harmless.
+/// ext4 mounted `data=writeback` or `noauto_da_alloc` is taken for ext4: a power loss may then
+/// tear the pool, which is refused (code 101), never read as a smaller pool.
+pub fn pool_durability(dir: &Path) -> Durability {
+    use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC};
+    match statfs(dir).map(|s| s.filesystem_type()) {
+        Ok(t) if [EXT4_SUPER_MAGIC, BTRFS_SUPER_MAGIC, TMPFS_MAGIC].contains(&t) => {
+            Durability::Cache
+        }
+        _ => Durability::Data,
     }
 }
 
@@ -263,49 +301,6 @@ fn test_pause() {
 }
 #[cfg(not(debug_assertions))]
 fn test_pause() {}
-
-/// The pool file for `pool` (public for the fuzz targets: `render(parse(x))` parses back to the
-/// same pool).
-pub fn render(pool: &Pool) -> String {
-    let lines = pool.map.iter().map(|(ip, o)| {
-        let network = o.network().unwrap_or(NO_NETWORK);
-        format!("{ip} {network} {} {}", o.container_id(), o.ifname())
-    });
-    text::render(HEADER, lines)
-}
-
-/// Inverse of [`render`]; also reads `weft-ipam pool v1` files (as legacy reservations).
-pub fn parse(text: &str) -> std::result::Result<Pool, String> {
-    let (version, lines) = text::parse(text, &[HEADER, HEADER_V1])?;
-    let v1 = version == 1;
-    let mut pool = Pool::default();
-    for (n, line) in lines {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (ip, network, cid, ifname) = match (v1, &fields[..]) {
-            (true, &[ip, cid, ifname]) => (ip, NO_NETWORK, cid, ifname),
-            (false, &[ip, network, cid, ifname]) => (ip, network, cid, ifname),
-            _ => {
-                return Err(format!(
-                    "line {n}: expected \"<address> {}<containerID> <ifname>\"",
-                    if v1 { "" } else { "<network> " }
-                ))
-            }
-        };
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("line {n}: bad address {ip:?}"))?;
-        let owner = if network == NO_NETWORK {
-            Owner::legacy(cid, ifname)
-        } else {
-            Owner::new(network, cid, ifname)
-        }
-        .map_err(|e| format!("line {n}: {e}"))?;
-        if pool.map.insert(ip, owner).is_some() {
-            return Err(format!("line {n}: {ip} listed twice"));
-        }
-    }
-    Ok(pool)
-}
 
 #[cfg(test)]
 mod tests {
@@ -475,6 +470,14 @@ mod tests {
         let gb1 = Owner::new("gb", "gb1", "eth0").unwrap();
         assert_eq!(store.release(&gb1).unwrap(), vec![ip("10.0.0.3")]);
         assert_eq!(store.list().unwrap().map.len(), 1);
+    }
+
+    #[test]
+    fn pools_are_synced_only_where_the_filesystem_does_not_order_renames() {
+        // tmpfs keeps nothing across a reboot; procfs stands for any filesystem not known to
+        // write a file's data before a rename over another file commits (XFS, ...).
+        assert_eq!(pool_durability(Path::new("/dev/shm")), Durability::Cache);
+        assert_eq!(pool_durability(Path::new("/proc")), Durability::Data);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! `name`, not the pool's `network_name`: several networks may share one pool (that is what
 //! `network_name` is for), and GC of one of them frees only its own reservations.
 //!
-//! Both stores share the decision logic in [`Pool::plan`] (idempotency, static requests,
+//! Both stores share the decision logic in [`Reservations::plan`] (idempotency, static requests,
 //! lowest free address) and differ only in how they make the decision stick:
-//! - [`file`](mod@file): one pool file per network, read and rewritten atomically under `flock`.
+//! - [`file`](mod@file): one pool file per network, read and rewritten atomically under `flock`
+//!   ([`pool_file`]: the file's text, indexed, edited without building the whole [`Pool`]).
 //! - [`etcd`]: per-node blocks claimed with create-if-absent transactions in etcd, addresses
 //!   served from them by the file store on each node ([`blocks`]); no cluster-wide lock.
 
@@ -13,6 +14,7 @@ pub mod blocks;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;
+pub mod pool_file;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod text;
@@ -22,6 +24,8 @@ use crate::error::{IpamError, Result};
 use crate::range::Range;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+
+pub use pool_file::PoolFile;
 
 /// Who holds an address: the attachment, validated before it reaches a file or a key.
 /// Reservations written before network scoping have a legacy owner (no network): they answer
@@ -72,14 +76,14 @@ pub struct Pool {
     pub map: BTreeMap<IpAddr, Owner>,
 }
 
-/// The outcome of [`Pool::plan`]: one address per claim, and whether it is new.
+/// The outcome of [`Reservations::plan`]: one address per claim, and whether it is new.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub addrs: Vec<IpAddr>,
     pub new: Vec<IpAddr>,
 }
 
-/// One claim's outcome in [`Pool::decide`].
+/// One claim's outcome in [`Reservations::decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// The owner already holds this address in the range (an idempotent ADD).
@@ -106,12 +110,23 @@ impl Plan {
     }
 }
 
-impl Pool {
+/// What the allocation rules read: reservations in address order. Implemented by the in-memory
+/// [`Pool`] and by the file store's [`PoolFile`], which answers from the pool file's text without
+/// building an owner per reservation (so a verb's cost stays flat as a node fills up).
+pub trait Reservations {
+    /// The held addresses in `[lo, hi]`, ascending.
+    fn held_in(&self, lo: IpAddr, hi: IpAddr) -> impl Iterator<Item = IpAddr> + '_;
+    /// The lowest address in `[lo, hi]` whose holder answers to `owner` (its own, or a legacy
+    /// reservation of its interface).
+    fn held_by(&self, owner: &Owner, lo: IpAddr, hi: IpAddr) -> Option<IpAddr>;
+    /// Who holds `ip`, for messages.
+    fn holder(&self, ip: IpAddr) -> Option<String>;
+
     /// The rules every store shares for one claim: idempotent per owner and range, a different
     /// requested address while one is held is 7, a requested address held by someone else is 11
     /// (it may be freed soon). `servable` says whether a requested address is the caller's to
     /// hand out; `lowest_free` finds the lowest free address the caller may hand out.
-    pub fn decide(
+    fn decide(
         &self,
         owner: &Owner,
         claim: &Claim<'_>,
@@ -119,18 +134,13 @@ impl Pool {
         lowest_free: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<Decision> {
         let r = claim.range;
-        let mine = self
-            .map
-            .range(r.start..=r.end)
-            .find(|(_, o)| o.answers_to(owner))
-            .map(|(ip, _)| *ip);
-        match (mine, claim.want) {
+        match (self.held_by(owner, r.start, r.end), claim.want) {
             (Some(have), Some(want)) if have != want => Err(IpamError::Config(format!(
                 "{owner} already holds {have} in range {}-{}; it cannot also get the requested {want}",
                 r.start, r.end
             ))),
             (Some(have), _) => Ok(Decision::Held(have)),
-            (None, Some(want)) if servable(want) => match self.map.get(&want) {
+            (None, Some(want)) if servable(want) => match self.holder(want) {
                 Some(other) => Err(IpamError::Busy(format!(
                     "requested address {want} is held by another container ({other})"
                 ))),
@@ -141,9 +151,9 @@ impl Pool {
         }
     }
 
-    /// Decides the addresses for `claims` over whole ranges, without changing the pool.
-    /// Errors: those of [`Pool::decide`], and exhaustion (104).
-    pub fn plan(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Plan> {
+    /// Decides the addresses for `claims` over whole ranges, without changing anything.
+    /// Errors: those of [`Reservations::decide`], and exhaustion (104).
+    fn plan(&self, owner: &Owner, claims: &[Claim<'_>]) -> Result<Plan> {
         let mut plan = Plan {
             addrs: Vec::with_capacity(claims.len()),
             new: Vec::new(),
@@ -154,7 +164,7 @@ impl Pool {
                 owner,
                 claim,
                 |_| true,
-                || r.lowest_free(self.map.range(r.start..=r.end).map(|(ip, _)| *ip)),
+                || r.lowest_free(self.held_in(r.start, r.end)),
             )?;
             if !plan.take(decision) {
                 return Err(exhausted(r));
@@ -162,7 +172,26 @@ impl Pool {
         }
         Ok(plan)
     }
+}
 
+impl Reservations for Pool {
+    fn held_in(&self, lo: IpAddr, hi: IpAddr) -> impl Iterator<Item = IpAddr> + '_ {
+        self.map.range(lo..=hi).map(|(ip, _)| *ip)
+    }
+
+    fn held_by(&self, owner: &Owner, lo: IpAddr, hi: IpAddr) -> Option<IpAddr> {
+        self.map
+            .range(lo..=hi)
+            .find(|(_, o)| o.answers_to(owner))
+            .map(|(ip, _)| *ip)
+    }
+
+    fn holder(&self, ip: IpAddr) -> Option<String> {
+        self.map.get(&ip).map(Owner::to_string)
+    }
+}
+
+impl Pool {
     /// The addresses held by `owner` (its own reservations and legacy ones of its interface).
     pub fn owned_by(&self, owner: &Owner) -> Vec<IpAddr> {
         self.map

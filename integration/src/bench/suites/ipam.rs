@@ -1,6 +1,6 @@
 //! `weft-bench ipam-exec | ipam-node | ipam-scale | ipam-cluster`: weft-ipam against the Go
 //! reference `host-local` (BENCHMARKS.md P1-exec, P2-node, P4-scale), and weft-ipam's etcd store
-//! at cluster scale (P2-cluster).
+//! against its own file store on the same cluster workload (P2-cluster).
 //!
 //! An IPAM plugin needs no network namespace, so most runs exec the IPAM binary directly with
 //! the environment and config a main plugin (bridge) would hand it: that is the process a pod's
@@ -26,7 +26,6 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::bench::Stats;
 use crate::bench::{self, check_stop, BenchOpts, Figure, Table};
 use crate::cni::Cnitool;
 use crate::etcd::EtcdCluster;
@@ -37,8 +36,8 @@ use crate::proc;
 /// Subnets of the suites (never configured on any interface: IPAM only hands them out).
 const SUBNET_EXEC: &str = "10.242.0.0/24";
 const SUBNET_NODE: &str = "10.243.0.0/23";
-const SUBNET_SCALE: &str = "10.244.0.0/21";
-const SUBNET_CLUSTER: &str = "10.245.0.0/20";
+/// Room for 65,533 reservations: `--held 10000` and more.
+const SUBNET_SCALE: &str = "10.244.0.0/16";
 /// A plugin that has not exited by then is killed and the run fails: a hang measures nothing.
 const EXEC_LIMIT: Duration = Duration::from_secs(60);
 
@@ -539,7 +538,7 @@ pub struct ScaleOpts {
     pub base: usize,
 }
 
-// ADD last: the final summary line is the P4 figure.
+// The two P4 figures: DEL and ADD latency.
 const SCALE_FIGURES: [Figure; 2] = [
     Figure {
         key: "del-time",
@@ -562,12 +561,12 @@ fn probe(ipam: &Ipam, id: &str) -> Result<Vec<f64>> {
     Ok(vec![ms(d.wall), ms(a.wall)])
 }
 
-/// P4-scale: ADD latency with `held` reservations in the store vs `base`, weft-ipam against
-/// itself; host-local's own ratio alongside for comparison.
+/// P4-scale: ADD and DEL latency with `held` reservations in the store vs `base`, weft-ipam
+/// against itself; host-local's own ratios alongside for comparison.
 pub fn run_scale(opts: &ScaleOpts) -> Result<Vec<Table>> {
     ensure!(
-        opts.base < opts.held && opts.held <= 2000,
-        "need --base < --held <= 2000 ({SUBNET_SCALE} holds 2045)"
+        opts.base < opts.held && opts.held <= 60_000,
+        "need --base < --held <= 60,000 ({SUBNET_SCALE} holds 65,533)"
     );
     let net = "wb-ipam-scale";
     let mut tables = Vec::new();
@@ -619,153 +618,499 @@ pub fn run_scale(opts: &ScaleOpts) -> Result<Vec<Table>> {
     Ok(tables)
 }
 
-// ---- P2-cluster --------------------------------------------------------------------------
+// ---- P2-cluster ----------------------------------------------------------------------------
+
+/// One cluster shape: `nodes` simulated nodes × `pods` pods each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub nodes: usize,
+    pub pods: usize,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Shape, String> {
+        let (n, p) = s.split_once('x').ok_or("expected NODESxPODS, e.g. 64x64")?;
+        let num = |t: &str| t.parse::<usize>().ok().filter(|v| *v > 0);
+        match (num(n), num(p)) {
+            (Some(nodes), Some(pods)) => Ok(Shape { nodes, pods }),
+            _ => Err(format!("{s:?}: expected NODESxPODS with both at least 1")),
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.nodes, self.pods)
+    }
+}
 
 pub struct ClusterOpts {
-    pub bin_dir: PathBuf,
-    pub runs: usize,
-    pub nodes: usize,
-    pub per_node: usize,
-    /// weft-ipam's own bound on one verb against etcd (`store.timeout_ms`).
+    pub ipam: BenchOpts,
+    pub shapes: Vec<Shape>,
+    /// Execs in flight on one simulated node at most (a kubelet's bounded pod workers).
+    pub workers: usize,
+    /// Execs in flight in the whole cluster at most, so the machine's cores are not what is
+    /// measured.
+    pub max_procs: usize,
+    /// Fresh network (key space) every run: every node claims its blocks in every run. Else
+    /// (warm) one network for all runs: the warm-up claims them, measured runs reuse them.
+    pub cold: bool,
+    pub warm: bool,
+    /// Blocks already claimed (by other nodes) before a fresh node claims one: the scale curve.
+    pub seeded: Vec<usize>,
+    /// Where etcd keeps its data (default: the system temp dir; a tmpfs takes etcd's fsyncs out).
+    pub etcd_dir: Option<PathBuf>,
+    /// weft-ipam's bound on one verb against etcd (`store.timeout_ms`).
     pub timeout: Duration,
 }
 
-/// The P2-cluster goal (BENCHMARKS.md): p99 below 100 ms.
-const CLUSTER_GOAL_P99_MS: f64 = 100.0;
+/// The cluster subnet: room for 1,024 /26 blocks, so a few thousand pods never exhaust it.
+const SUBNET_CLUSTER: &str = "10.245.0.0/16";
+/// The scale curve's subnet: 16,384 /26 blocks, room for 10,000 seeded ones and the probes.
+const SUBNET_SEEDED: &str = "10.64.0.0/12";
+const ETCD_PREFIX: &str = "/weft-bench";
 
-/// User + system CPU time of every child reaped so far (getrusage RUSAGE_CHILDREN).
-fn children_cpu() -> Duration {
-    // SAFETY: rusage is plain old data; getrusage only writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to a live local.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+/// Every KV request etcd served (Range, Txn, Put, DeleteRange, Compact), on every member: one
+/// per client round trip, counted by the server itself.
+fn etcd_requests(cluster: &EtcdCluster) -> Result<f64> {
+    cluster.counter(
+        "grpc_server_handled_total",
+        &["grpc_service=\"etcdserverpb.KV\""],
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// P2-cluster: `nodes` simulated nodes (`NODENAME=node-<i>`) × `per_node` ADDs, all released at
-/// once, against a fresh 3-member etcd on loopback; per-ADD latency percentiles, failures and
-/// duplicates. Each run uses its own network (key space). No B side exists here: whereabouts
-/// needs a Kubernetes API server, so the summary ratio is p99 over the 100 ms goal.
-pub fn run_cluster(opts: &ClusterOpts) -> Result<String> {
-    ensure!(opts.runs >= 1, "--runs must be at least 1");
-    let total = opts.nodes * opts.per_node;
+/// Which store a cluster run uses, and how one node's verb is exec'd against it.
+enum ClusterStore<'a> {
+    /// Each node its own file store: the reference (no cluster-wide state at all).
+    File { bin_dir: &'a Path },
+    /// One etcd store config; nodes differ only in `NODENAME`, their local state under `dir`.
+    Etcd {
+        bin: PathBuf,
+        cluster: &'a EtcdCluster,
+        dir: &'a Path,
+        timeout: Duration,
+    },
+}
+
+/// One network of a cluster run: per node, the IPAM to exec (file store: one per node).
+struct ClusterNet {
+    per_node: Vec<Ipam>,
+    etcd: bool,
+}
+
+impl ClusterStore<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            ClusterStore::File { .. } => "weft-ipam file store, one per node",
+            ClusterStore::Etcd { .. } => "weft-ipam etcd store, 3-member etcd on loopback",
+        }
+    }
+
+    fn network(&self, net: &str, nodes: usize, subnet: &str) -> Result<ClusterNet> {
+        Ok(match self {
+            ClusterStore::File { bin_dir } => ClusterNet {
+                per_node: (0..nodes)
+                    .map(|_| Ipam::weft(bin_dir, net, subnet))
+                    .collect::<Result<_>>()?,
+                etcd: false,
+            },
+            ClusterStore::Etcd {
+                bin,
+                cluster,
+                dir,
+                timeout,
+            } => {
+                let ipam = Ipam::new(
+                    Kind::Weft,
+                    bin.clone(),
+                    net,
+                    json!({
+                        "type": "weft-ipam",
+                        "range": subnet,
+                        "store": {"type": "etcd", "endpoints": cluster.endpoints(),
+                                  "prefix": ETCD_PREFIX, "timeout_ms": timeout.as_millis() as u64,
+                                  "dir": dir},
+                    }),
+                    None,
+                );
+                ClusterNet {
+                    per_node: vec![ipam],
+                    etcd: true,
+                }
+            }
+        })
+    }
+}
+
+impl ClusterNet {
+    fn ipam(&self, node: usize) -> &Ipam {
+        &self.per_node[if self.etcd { 0 } else { node }]
+    }
+
+    fn command(&self, node: usize, verb: &str, id: &str) -> Command {
+        let mut cmd = self.ipam(node).command(verb, id);
+        cmd.env("NODENAME", format!("node-{node}"));
+        cmd
+    }
+
+    /// GC of `node` with no valid attachments: frees everything, and the etcd store then
+    /// releases the node's empty blocks.
+    fn gc(&self, node: usize) -> Result<()> {
+        let ipam = self.ipam(node);
+        let stdin = serde_json::to_vec(&json!({
+            "cniVersion": "1.1.0", "name": ipam.network, "type": ipam.section["type"],
+            "ipam": ipam.section, "cni.dev/valid-attachments": [],
+        }))?;
+        let mut cmd = Command::new(&ipam.bin);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", "GC")
+            .env("CNI_PATH", ipam.bin.parent().unwrap_or(Path::new("/")))
+            .env("NODENAME", format!("node-{node}"));
+        run_measured(cmd, &stdin, "IPAM GC")?;
+        Ok(())
+    }
+}
+
+/// Runs `verb` for every (node, pod) with at most `workers` execs per node and `max_procs` in
+/// the whole cluster in flight; pods are taken round-robin over the nodes. Returns each
+/// outcome with its node, in completion order.
+fn cluster_phase(
+    net: &ClusterNet,
+    shape: Shape,
+    verb: &str,
+    ids: &(dyn Fn(usize, usize) -> String + Sync),
+    workers: usize,
+    max_procs: usize,
+    limit: Duration,
+) -> Result<Vec<(usize, Timed)>> {
+    use std::collections::VecDeque;
+    use std::sync::{Condvar, Mutex};
+    let queue: VecDeque<(usize, usize)> = (0..shape.pods)
+        .flat_map(|p| (0..shape.nodes).map(move |n| (n, p)))
+        .collect();
+    // The tasks not started yet, and each node's execs in flight.
+    let state = Mutex::new((queue, vec![0usize; shape.nodes]));
+    let changed = Condvar::new();
+    let done = Mutex::new(Vec::with_capacity(shape.nodes * shape.pods));
+    let stdin = |node: usize| &net.ipam(node).stdin;
+    thread::scope(|s| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..max_procs {
+            handles.push(s.spawn(|| -> Result<()> {
+                loop {
+                    let (node, pod) = {
+                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            let (queue, inflight) = &mut *st;
+                            if queue.is_empty() {
+                                return Ok(());
+                            }
+                            if let Some(i) = queue.iter().position(|(n, _)| inflight[*n] < workers)
+                            {
+                                let task = queue.remove(i).expect("index from position");
+                                inflight[task.0] += 1;
+                                break task;
+                            }
+                            st = changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                        }
+                    };
+                    let outcome = check_stop().and_then(|()| {
+                        exec_bounded(
+                            &mut net.command(node, verb, &ids(node, pod)),
+                            stdin(node),
+                            limit,
+                        )
+                    });
+                    state.lock().unwrap_or_else(|e| e.into_inner()).1[node] -= 1;
+                    changed.notify_all();
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((node, outcome?));
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow!("cluster worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(done.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Sanity counters of a side over all its runs (warm-up included).
+#[derive(Default)]
+struct ClusterTally {
+    adds: Cell<usize>,
+    duplicates: Cell<usize>,
+    etcd_requests: Cell<f64>,
+}
+
+/// One run of `shape` on network `net`: every ADD (measured: p50, p99 of the exec's wall time),
+/// duplicate check (across all nodes for the etcd store, where addresses are cluster-wide; per
+/// node for the file store, whose nodes are independent), then every DEL (not measured).
+fn cluster_run(
+    net: &ClusterNet,
+    shape: Shape,
+    opts: &ClusterOpts,
+    cluster: &EtcdCluster,
+    tally: &ClusterTally,
+    run: usize,
+) -> Result<Vec<f64>> {
+    let limit = opts.timeout + Duration::from_secs(15);
+    let ids = move |node: usize, pod: usize| format!("p2c-{run}-{node}-{pod}");
+    let before = etcd_requests(cluster)?;
+    let adds = cluster_phase(net, shape, "ADD", &ids, opts.workers, opts.max_procs, limit)?;
+    let requests = etcd_requests(cluster)? - before;
+    let mut per_node: Vec<Vec<IpAddr>> = vec![Vec::new(); shape.nodes];
+    let mut lat = Vec::with_capacity(adds.len());
+    for (node, t) in &adds {
+        ensure!(t.ok, "ADD on node-{node} {}", t.describe());
+        per_node[*node].extend(result_addrs(&t.stdout)?);
+        lat.push(ms(t.wall));
+    }
+    let dups = if net.etcd {
+        duplicates(&per_node.concat())
+    } else {
+        per_node.iter().map(|a| duplicates(a)).sum()
+    };
+    tally.adds.set(tally.adds.get() + adds.len());
+    tally.duplicates.set(tally.duplicates.get() + dups);
+    tally
+        .etcd_requests
+        .set(tally.etcd_requests.get() + requests);
     ensure!(
-        (1..=4000).contains(&total),
-        "nodes x per-node must be 1..=4000 ({SUBNET_CLUSTER} holds 4093)"
+        dups == 0,
+        "{dups} DUPLICATE addresses among {} ADDs",
+        adds.len()
     );
-    let bin = weft_ipam(&opts.bin_dir)?;
-    eprintln!("starting a 3-member etcd on loopback");
-    let cluster = EtcdCluster::start()?;
-    let lock_dir = TempDir::with_prefix("weft-bench-etcd-locks-").context("lock dir")?;
-    // Past weft-ipam's own bound it answers code 11; past this one we kill it.
-    let hard_limit = opts.timeout + Duration::from_secs(15);
-    let mut report = format!(
-        "weft-bench ipam-cluster (P2-cluster: {} nodes x {} concurrent ADDs = {total} weft-ipam \
-         processes per run, etcd store, 3-member etcd 3.4 on loopback, store.timeout_ms {})\n\n\
-         {:>4} {:>10} {:>10} {:>10} {:>10} {:>12} {:>7} {:>11} {:>9}\n",
-        opts.nodes,
-        opts.per_node,
-        opts.timeout.as_millis(),
-        "run",
-        "wall ms",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "cpu/ADD ms",
-        "failed",
-        "duplicates",
-        "etcd keys"
+    let dels = cluster_phase(net, shape, "DEL", &ids, opts.workers, opts.max_procs, limit)?;
+    if let Some((node, t)) = dels.iter().find(|(_, t)| !t.ok) {
+        bail!("DEL on node-{node} {}", t.describe());
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(vec![percentile(&lat, 0.5), percentile(&lat, 0.99)])
+}
+
+const CLUSTER_FIGURES: [Figure; 2] = [
+    Figure {
+        key: "add-p50",
+        title: "ADD p50",
+        unit: "ms",
+    },
+    Figure {
+        key: "add-p99",
+        title: "ADD p99",
+        unit: "ms",
+    },
+];
+
+/// P2-cluster: the same workload against the etcd store (A) and per-node file stores (B),
+/// alternating, per shape and scenario (cold: every node claims its blocks in every run; warm:
+/// blocks held from the warm-up run); then the block-claim scale curve.
+pub fn run_cluster(opts: &ClusterOpts) -> Result<Vec<Table>> {
+    ensure!(
+        opts.workers >= 1 && opts.max_procs >= 1,
+        "--workers and --max-procs must be at least 1"
     );
-    let mut all_lat = Vec::new();
-    let mut per_run_p99 = Vec::new();
-    let mut all_dups = 0usize;
-    let mut first_failure = None;
-    for run in 1..=opts.runs {
-        check_stop()?;
-        let net = format!("p2c-{run}");
-        let ipam = Ipam::new(
-            Kind::Weft,
-            bin.clone(),
-            &net,
-            json!({
-                "type": "weft-ipam",
-                "range": SUBNET_CLUSTER,
-                "store": {"type": "etcd", "endpoints": cluster.endpoints(),
-                          "prefix": "/weft-bench", "timeout_ms": opts.timeout.as_millis() as u64,
-                          "dir": lock_dir.path()},
-            }),
-            None,
+    for shape in &opts.shapes {
+        ensure!(
+            shape.nodes * shape.pods <= 20_000 && shape.pods <= 4_000,
+            "{shape}: at most 20,000 pods, 4,000 per node ({SUBNET_CLUSTER})"
         );
-        let per_node = opts.per_node;
-        let cpu_before = children_cpu();
-        let (outs, wall) = concurrent(total, &ipam.stdin, hard_limit, |k| {
-            let mut cmd = ipam.command("ADD", &format!("p2c-{run}-{k}"));
-            cmd.env("NODENAME", format!("node-{}", k / per_node));
-            cmd
-        })?;
-        let mut addrs = Vec::new();
-        let mut failed = 0usize;
-        for t in &outs {
-            match (t.ok, result_addrs(&t.stdout)) {
-                (true, Ok(a)) => addrs.extend(a),
-                _ => {
-                    failed += 1;
-                    first_failure.get_or_insert_with(|| t.describe());
+    }
+    let bin = weft_ipam(&opts.ipam.bin_dir)?;
+    let etcd_parent = opts.etcd_dir.clone().unwrap_or_else(std::env::temp_dir);
+    eprintln!(
+        "starting a 3-member etcd on loopback, data in {}",
+        etcd_parent.display()
+    );
+    let cluster = EtcdCluster::start_in(&etcd_parent)?;
+    let local = TempDir::with_prefix("weft-bench-etcd-nodes-").context("node dirs")?;
+    let etcd = ClusterStore::Etcd {
+        bin,
+        cluster: &cluster,
+        dir: local.path(),
+        timeout: opts.timeout,
+    };
+    let file = ClusterStore::File {
+        bin_dir: &opts.ipam.bin_dir,
+    };
+    let on_disk = describe_fs(&etcd_parent);
+    let mut tables = Vec::new();
+    for shape in &opts.shapes {
+        for (cold, wanted) in [(true, opts.cold), (false, opts.warm)] {
+            if !wanted {
+                continue;
+            }
+            let scenario = if cold { "cold" } else { "warm" };
+            eprintln!("P2-cluster {shape} {scenario}");
+            let run = Cell::new(0usize);
+            let tallies = [ClusterTally::default(), ClusterTally::default()];
+            // Warm: one network per side for every run. Cold: a fresh one per run.
+            let fixed = [
+                etcd.network(&format!("p2c-{shape}-warm"), shape.nodes, SUBNET_CLUSTER)?,
+                file.network(&format!("p2c-{shape}-warm"), shape.nodes, SUBNET_CLUSTER)?,
+            ];
+            let side = |i: usize, store: &ClusterStore<'_>| -> Result<Vec<f64>> {
+                run.set(run.get() + 1);
+                let r = run.get();
+                if cold {
+                    let net =
+                        store.network(&format!("p2c-{shape}-{r}"), shape.nodes, SUBNET_CLUSTER)?;
+                    cluster_run(&net, *shape, opts, &cluster, &tallies[i], r)
+                } else {
+                    cluster_run(&fixed[i], *shape, opts, &cluster, &tallies[i], r)
+                }
+            };
+            let mut table = bench::alternate(
+                &format!("P2-cluster-{shape}-{scenario}"),
+                (etcd.label(), file.label()),
+                &CLUSTER_FIGURES,
+                opts.ipam.pairs,
+                || side(0, &etcd),
+                || side(1, &file),
+            )?;
+            let [a, b] = &tallies;
+            table.notes = vec![
+                format!(
+                    "each run: {} nodes x {} pods, ADDs then DELs, at most {} execs per node and {} \
+                     in the cluster in flight; latency = one ADD exec's wall time",
+                    shape.nodes, shape.pods, opts.workers, opts.max_procs
+                ),
+                if cold {
+                    "cold: a fresh network every run, so every node claims its blocks in every run".into()
+                } else {
+                    "warm: one network for all runs; the warm-up run claims the blocks, the measured runs reuse them".into()
+                },
+                format!(
+                    "etcd round trips per ADD (KV requests served by etcd, all members, / ADDs): {:.3} \
+                     ({} requests for {} ADDs, warm-up included); B: none",
+                    a.etcd_requests.get() / a.adds.get().max(1) as f64,
+                    a.etcd_requests.get(),
+                    a.adds.get()
+                ),
+                format!(
+                    "duplicates: A {} of {} (across all nodes), B {} of {} (per node); etcd data on {on_disk}",
+                    a.duplicates.get(),
+                    a.adds.get(),
+                    b.duplicates.get(),
+                    b.adds.get()
+                ),
+            ];
+            tables.push(table);
+            if !cold {
+                for node in 0..shape.nodes {
+                    fixed[0].gc(node)?;
                 }
             }
         }
-        let cpu_per_add = ms(children_cpu() - cpu_before) / total as f64;
-        let dups = duplicates(&addrs);
-        all_dups += dups;
-        // Informational: how many keys the store keeps in etcd for this network (its layout is
-        // weft-ipam's business; correctness is judged on the handed-out addresses).
-        let keys = cluster.count_keys(&format!("/weft-bench/{net}/"))?;
-        let mut lat: Vec<f64> = outs.iter().map(|t| ms(t.wall)).collect();
-        lat.sort_by(f64::total_cmp);
-        let p99 = percentile(&lat, 0.99);
-        per_run_p99.push(p99);
-        report.push_str(&format!(
-            "{run:>4} {:>10.1} {:>10.1} {p99:>10.1} {:>10.1} {cpu_per_add:>12.2} {failed:>7} \
-             {dups:>11} {keys:>9}\n",
-            ms(wall),
-            percentile(&lat, 0.5),
-            lat[lat.len() - 1],
-        ));
-        all_lat.extend(lat);
     }
-    all_lat.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&all_lat, 0.5), percentile(&all_lat, 0.99));
-    let p99_runs = Stats::of(&per_run_p99);
-    report.push_str(&format!(
-        "\n   all runs: p50 {p50:.1} ms, p99 {p99:.1} ms (per-run p99 min–max {:.1}–{:.1}); \
-         duplicates {all_dups} of {} ADDs\n",
-        p99_runs.min,
-        p99_runs.max,
-        all_lat.len()
-    ));
-    if let Some(f) = &first_failure {
-        report.push_str(&format!("   first failed ADD: {f}\n"));
+    tables.extend(claim_curve(opts, &etcd, &cluster)?);
+    Ok(tables)
+}
+
+/// The filesystem type under `dir`, for the notes (`tmpfs`, `ext4`, ...).
+fn describe_fs(dir: &Path) -> String {
+    use nix::sys::statfs::{statfs, EXT4_SUPER_MAGIC, TMPFS_MAGIC};
+    let kind = match statfs(dir).map(|s| s.filesystem_type()) {
+        Ok(t) if t == TMPFS_MAGIC => "tmpfs".to_owned(),
+        Ok(t) if t == EXT4_SUPER_MAGIC => "ext4 (disk)".to_owned(),
+        Ok(t) => format!("{t:?}"),
+        Err(e) => format!("unknown ({e})"),
+    };
+    format!("{kind}, {}", dir.display())
+}
+
+const CLAIM_FIGURES: [Figure; 2] = [
+    Figure {
+        key: "time",
+        title: "ADD that claims a block",
+        unit: "ms",
+    },
+    Figure {
+        key: "requests",
+        title: "etcd KV requests",
+        unit: "",
+    },
+];
+
+/// The block-claim scale curve: the ADD of a fresh node (which must claim a block) with
+/// `opts.seeded[k]` blocks already claimed by other nodes, each against the smallest level.
+/// Seeded keys are written in the store's format (`<prefix>/<network>/blocks/4-<start as 8 hex
+/// digits>` = `{"node":…,"prefix":26}`, ipam/README.md), lowest blocks first: the fresh node
+/// lists them all and claims the first free one after them. After each probe the node's DEL
+/// and GC release the block again, so the level stays what it was.
+fn claim_curve(
+    opts: &ClusterOpts,
+    etcd: &ClusterStore<'_>,
+    cluster: &EtcdCluster,
+) -> Result<Vec<Table>> {
+    let mut levels = opts.seeded.clone();
+    levels.sort_unstable();
+    levels.dedup();
+    if levels.len() < 2 {
+        return Ok(Vec::new());
     }
-    report.push_str(
-        "   latency = spawn to exit of one weft-ipam process, all released at once (cpu/ADD = user + \
-         sys of one process: the run's CPU floor is that x processes / cores); no B side (whereabouts needs a \
-         Kubernetes API server): B below is the goal, p99 < 100 ms\n\n",
-    );
-    report.push_str(&format!(
-        "P2-cluster-p50: ratio={:.2} (A={p50:.2}ms, B={CLUSTER_GOAL_P99_MS:.2}ms)\n",
-        p50 / CLUSTER_GOAL_P99_MS
-    ));
-    report.push_str(&format!(
-        "P2-cluster-p99: ratio={:.2} (A={p99:.2}ms, B={CLUSTER_GOAL_P99_MS:.2}ms)\n",
-        p99 / CLUSTER_GOAL_P99_MS
-    ));
-    if all_dups > 0 {
-        bail!("{report}\n{all_dups} DUPLICATE addresses handed out");
+    let base: u32 = "10.64.0.0".parse::<std::net::Ipv4Addr>()?.into();
+    let mut nets = Vec::new();
+    for &n in &levels {
+        ensure!(n <= 16_000, "--seeded at most 16,000 ({SUBNET_SEEDED})");
+        let name = format!("p2c-seeded-{n}");
+        eprintln!("seeding {n} claimed blocks under {ETCD_PREFIX}/{name}/blocks/");
+        let kvs: Vec<(String, String)> = (0..n as u32)
+            .map(|i| {
+                (
+                    format!("{ETCD_PREFIX}/{name}/blocks/4-{:08x}", base + i * 64),
+                    format!("{{\"node\":\"seed-{i}\",\"prefix\":26}}"),
+                )
+            })
+            .collect();
+        cluster.put_many(&kvs)?;
+        nets.push((n, etcd.network(&name, 1, SUBNET_SEEDED)?));
     }
-    Ok(report)
+    let probes = Cell::new(0usize);
+    let probe = |net: &ClusterNet| -> Result<Vec<f64>> {
+        probes.set(probes.get() + 1);
+        let id = format!("claim-{}", probes.get());
+        let before = etcd_requests(cluster)?;
+        let t = exec_bounded(
+            &mut net.command(0, "ADD", &id),
+            &net.ipam(0).stdin,
+            opts.timeout + Duration::from_secs(15),
+        )?;
+        let requests = etcd_requests(cluster)? - before;
+        ensure!(t.ok, "claiming ADD {}", t.describe());
+        result_addrs(&t.stdout)?;
+        let (out, _) = run_measured(net.command(0, "DEL", &id), &net.ipam(0).stdin, "IPAM DEL")?;
+        drop(out);
+        net.gc(0)?;
+        Ok(vec![ms(t.wall), requests])
+    };
+    let (low, low_net) = &nets[0];
+    let mut tables = Vec::new();
+    for (n, net) in &nets[1..] {
+        let mut t = bench::alternate(
+            &format!("P2-cluster-claim-{n}"),
+            (
+                &format!("claim with {n} blocks claimed"),
+                &format!("claim with {low} blocks claimed"),
+            ),
+            &CLAIM_FIGURES,
+            opts.ipam.pairs,
+            || probe(net),
+            || probe(low_net),
+        )?;
+        t.notes = vec![format!(
+            "each run: ADD on a node holding no block (it lists every block key of {SUBNET_SEEDED} \
+             and claims the first free /26), then its DEL and GC release the block again"
+        )];
+        tables.push(t);
+    }
+    Ok(tables)
 }
