@@ -170,6 +170,7 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
 
     let primary = node.write("10-prim.conflist", PRIMARY);
     let t = time_to_rechain(&primary, Duration::from_secs(2));
+    agent.wait_line("kmesh-cni appended", Duration::from_secs(2));
     eprintln!("chained a new primary in {t:?}");
     agent.wait_line("ready (kmesh-cni chained)", Duration::from_secs(2));
     assert_eq!(agent.get("/readyz").0, 200);
@@ -178,9 +179,11 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
     // The primary CNI rewrites its file (its own content, without kmesh-cni).
     rewrite_like_a_cni(&primary, PRIMARY);
     let t1 = time_to_rechain(&primary, Duration::from_secs(2));
+    agent.wait_line("kmesh-cni appended", Duration::from_secs(2));
     // ... truncates and rewrites it in place.
     std::fs::write(&primary, PRIMARY.replace("10.1.0.0/24", "10.2.0.0/24")).unwrap();
     let t2 = time_to_rechain(&primary, Duration::from_secs(2));
+    agent.wait_line("kmesh-cni appended", Duration::from_secs(2));
     assert!(
         node.read("10-prim.conflist").contains("10.2.0.0/24"),
         "its change kept"
@@ -199,6 +202,8 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
     );
     std::fs::write(&primary, PRIMARY).unwrap();
     let t3 = time_to_rechain(&primary, Duration::from_secs(2));
+    // Each re-chain is counted before the agent prints it: the count below is then exact.
+    agent.wait_line("kmesh-cni appended", Duration::from_secs(2));
     eprintln!("re-chained after rewrite {t1:?}, in-place write {t2:?}, delete+recreate {t3:?}");
     assert_eq!(
         plugins(&node.read("10-prim.conflist")).len(),
@@ -216,7 +221,7 @@ fn rechains_within_two_seconds_and_serves_readiness_and_metrics() {
         .find_map(|l| l.strip_prefix("weft_rechains_total "))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    assert!(rechains >= 4, "{rechains} re-chains counted:\n{metrics}");
+    assert_eq!(rechains, 4, "re-chains counted:\n{metrics}");
     assert!(
         metrics.contains("# TYPE weft_ipam_addresses_used gauge"),
         "{metrics}"
