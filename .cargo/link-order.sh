@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Regenerates the link-order.txt of each per-pod binary (ipam/, plugins/kmesh-cni/,
+# plugins/sriov/): the order in which rust-lld lays out its functions (see
+# .cargo/link-order-build.rs for why). As root, from anywhere:
+#
+#   .cargo/link-order.sh
+#
+# Run it after a toolchain or dependency bump, or when weft-bench exec / ipam-exec show peak RSS
+# rising: symbol names carry each crate's hash, so a stale file orders fewer functions (the
+# binaries stay correct, only bigger in memory). It prints how many listed symbols each binary
+# has. Takes ~10 minutes on 2 cores (two fat-LTO links per binary).
+#
+# How: each per-pod binary is built once with its symbols (`cargo rustc -- -C strip=none`: only
+# the final crate's flags change, so every crate keeps the hash of the shipped build), run under
+# valgrind's callgrind through the verbs a runtime execs, and every function callgrind saw is
+# listed, first use first, the verbs every pod runs (VERSION, ADD, DEL) before the others.
+# Needs valgrind, the Debian reference plugins (bridge, host-local),
+# a bpffs at /sys/fs/bpf and root (kmesh-cni attaches to a real veth in a throwaway netns).
+set -euo pipefail
+export LC_ALL=C # one collation for sort and comm
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+tuple=$(rustc --print host-tuple)
+out=target/$tuple/release
+ref=/usr/lib/cni
+work=$(mktemp -d /tmp/weft-link-order.XXXXXX)
+ns=weft-linkorder-$$
+bridge=wlo$$
+pins=/sys/fs/bpf/weft-linkorder-$$
+
+cleanup() {
+  ip netns del "$ns" 2>/dev/null || true
+  ip link del "$bridge" 2>/dev/null || true
+  rm -rf "$pins" "$work"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || { echo "link-order.sh: run as root" >&2; exit 1; }
+for need in valgrind "$ref/bridge" "$ref/host-local"; do
+  command -v "$need" >/dev/null || { echo "link-order.sh: $need missing" >&2; exit 1; }
+done
+
+bins=(weft-ipam kmesh-cni weft-sriov)
+for bin in "${bins[@]}"; do
+  echo "==> $bin with symbols"
+  cargo rustc --release --quiet -p "$bin" --bin "$bin" -- -C strip=none
+  cp "$out/$bin" "$work/$bin"
+done
+
+# One verb of binary $1 under callgrind: CNI_COMMAND $2, config on stdin, CNI_* from the env.
+n=0
+traced() {
+  local bin=$1 verb=$2
+  n=$((n + 1))
+  CNI_COMMAND=$verb valgrind -q --tool=callgrind --demangle=no \
+    --callgrind-out-file="$work/cg.$(printf %03d $n).$bin.$verb" "$work/$bin" >"$work/out" || {
+    echo "link-order.sh: $bin $verb failed: $(cat "$work/out")" >&2
+    exit 1
+  }
+}
+
+export CNI_CONTAINERID=link-order CNI_IFNAME=eth0 CNI_PATH=$ref WEFT_STATE_DIR=$work/state
+export CNI_NETNS=/var/run/netns/$ns
+ip netns add "$ns"
+
+echo "==> weft-ipam: VERSION ADD CHECK STATUS DEL GC (file store)"
+ipam="{\"cniVersion\":\"1.1.0\",\"name\":\"link-order\",\"type\":\"bridge\",\"ipam\":{\"type\":\"weft-ipam\",\"range\":\"10.254.77.0/24\",\"store\":{\"type\":\"file\",\"dir\":\"$work/ipam\"}}}"
+gc="${ipam%\}},\"cni.dev/valid-attachments\":[]}"
+# The order of the runs is the order of the list: what every pod runs (VERSION, ADD, DEL) is
+# packed first, then what runs less often.
+traced weft-ipam VERSION <<<'{"cniVersion":"1.1.0"}'
+traced weft-ipam ADD <<<"$ipam"
+traced weft-ipam DEL <<<"$ipam"
+traced weft-ipam ADD <<<"$ipam"
+traced weft-ipam CHECK <<<"$ipam"
+traced weft-ipam STATUS <<<"$ipam"
+traced weft-ipam GC <<<"$gc"
+
+echo "==> kmesh-cni: VERSION, pass-through ADD DEL, fast path ADD CHECK DEL (after bridge)"
+# Debian's bridge speaks up to 1.0.0.
+br="{\"cniVersion\":\"1.0.0\",\"name\":\"link-order\",\"type\":\"bridge\",\"bridge\":\"$bridge\",\"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.254.78.0/24\",\"dataDir\":\"$work/host-local\"}}"
+prev=$(CNI_COMMAND=ADD "$ref/bridge" <<<"$br") || {
+  echo "link-order.sh: bridge ADD failed: $prev" >&2
+  exit 1
+}
+kmesh() {
+  echo "{\"cniVersion\":\"${2:-1.0.0}\",\"name\":\"link-order\",\"type\":\"kmesh-cni\",\"mode\":\"$1\",\"pinRoot\":\"$pins\",\"prevResult\":$prev}"
+}
+traced kmesh-cni VERSION <<<'{"cniVersion":"1.1.0"}'
+traced kmesh-cni ADD <<<"$(kmesh off)"
+traced kmesh-cni DEL <<<"$(kmesh off)"
+traced kmesh-cni ADD <<<"$(kmesh auto)"
+traced kmesh-cni DEL <<<"$(kmesh auto)"
+traced kmesh-cni ADD <<<"$(kmesh auto)"
+traced kmesh-cni CHECK <<<"$(kmesh auto)"
+traced kmesh-cni DEL <<<"$(kmesh auto)"
+traced kmesh-cni STATUS <<<"$(kmesh auto 1.1.0)"
+CNI_COMMAND=DEL "$ref/bridge" <<<"$br" >/dev/null
+
+echo "==> weft-sriov: VERSION (a VF attach needs SR-IOV hardware)"
+traced weft-sriov VERSION <<<'{"cniVersion":"1.1.0"}'
+
+# Every function named in a binary's profiles (callgrind writes a name once per file as
+# "fn=(id) name", recursion as "name'2"; unnamed code is skipped): those of the verbs every pod
+# runs and the others, sorted by name (sorting keeps a crate's, a module's and glibc's functions
+# next to each other; callgrind's file order measured worse: weft-ipam ADD 1748 KiB against
+# 1172-1684 KiB sorted, the spread not yet understood).
+names() {
+  # shellcheck disable=SC2068 # file names without spaces, from mktemp and fixed words
+  cat $@ /dev/null |
+    sed -nE "s/^c?fn=\([0-9]+\) (.*)$/\1/p" |
+    sed -E "s/'[0-9]+$//" |
+    grep -vE '^(0x[0-9a-f]+|\(below main\))$' |
+    sort -u
+}
+declare -A list=([weft-ipam]=ipam [kmesh-cni]=plugins/kmesh-cni [weft-sriov]=plugins/sriov)
+for bin in "${bins[@]}"; do
+  file=${list[$bin]}/link-order.txt
+  names "$(ls "$work"/cg.*."$bin".* | grep -E '\.(VERSION|ADD|DEL)$')" >"$work/hot"
+  names "$(ls "$work"/cg.*."$bin".* | grep -vE '\.(VERSION|ADD|DEL)$' || true)" >"$work/cold"
+  # One sorted list: the hot-then-cold split measured no better (ADD 1684 KiB either way).
+  sort -u "$work/hot" "$work/cold" >"$file"
+  have=$(nm "$work/$bin" | awk '{print $NF}' | sort -u | comm -12 - <(sort -u "$file") | wc -l)
+  echo "==> $file: $(wc -l <"$file") symbols, $have of them in $bin"
+done
+
+# build.rs names link-order.txt with rerun-if-changed: the release build relinks.
+echo "==> release build with the new order"
+cargo build --release --quiet --workspace

@@ -1,0 +1,2 @@
+// See ../../.cargo/link-order-build.rs.
+include!("../../.cargo/link-order-build.rs");
