@@ -206,7 +206,11 @@ fn an_empty_record_is_discarded_by_del_and_gc() {
         assert!(!record.exists(), "{verb}: the empty record is still there");
         if verb == "DEL" {
             // GC cannot name the veth without the record; DEL finds it through the pod.
-            assert_eq!(k.iso.attached(), Vec::<String>::new(), "{verb}: left attached");
+            assert_eq!(
+                k.iso.attached(),
+                Vec::<String>::new(),
+                "{verb}: left attached"
+            );
         }
         k.run_json(&k.env("DEL"), &conf)
             .assert_success(&format!("DEL after {verb}"));
