@@ -4,7 +4,8 @@
 // every verb of every pod, and peak RSS counts every page of the binary a process touches (the
 // kernel maps text in 64 KiB fault-around windows); laid out first use first, the functions the
 // verbs run share a few windows instead of touching most of ~3 MB of text. Measured on
-// weft-ipam (file store): peak RSS of VERSION 1808 -> ~1000 KiB, ADD 2576 -> ~1300 KiB.
+// weft-ipam (file store): peak RSS of VERSION 1808 -> ~1000 KiB, ADD 2576 -> 1172-1684 KiB
+// (two builds with lists of the same functions; the spread is not understood yet).
 // A stale list (after a toolchain or dependency bump renames symbols) costs memory, never
 // correctness. `--symbol-ordering-file` is an lld option: rust-lld is the default linker of
 // x86_64-unknown-linux-gnu since Rust 1.90; other targets link without the order.

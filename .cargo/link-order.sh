@@ -13,8 +13,7 @@
 # How: each per-pod binary is built once with its symbols (`cargo rustc -- -C strip=none`: only
 # the final crate's flags change, so every crate keeps the hash of the shipped build), run under
 # valgrind's callgrind through the verbs a runtime execs, and every function callgrind saw is
-# listed, first use first, the verbs every pod runs (VERSION, ADD, DEL) before the others.
-# Needs valgrind, the Debian reference plugins (bridge, host-local),
+# listed, sorted by name. Needs valgrind, the Debian reference plugins (bridge, host-local),
 # a bpffs at /sys/fs/bpf and root (kmesh-cni attaches to a real veth in a throwaway netns).
 set -euo pipefail
 export LC_ALL=C # one collation for sort and comm
@@ -64,17 +63,11 @@ export CNI_CONTAINERID=link-order CNI_IFNAME=eth0 CNI_PATH=$ref WEFT_STATE_DIR=$
 export CNI_NETNS=/var/run/netns/$ns
 ip netns add "$ns"
 
-echo "==> weft-ipam: VERSION ADD CHECK STATUS DEL GC (file store)"
+echo "==> weft-ipam: VERSION ADD DEL CHECK STATUS GC (file store)"
 ipam="{\"cniVersion\":\"1.1.0\",\"name\":\"link-order\",\"type\":\"bridge\",\"ipam\":{\"type\":\"weft-ipam\",\"range\":\"10.254.77.0/24\",\"store\":{\"type\":\"file\",\"dir\":\"$work/ipam\"}}}"
 gc="${ipam%\}},\"cni.dev/valid-attachments\":[]}"
-# The order of the runs is the order of the list: what every pod runs (VERSION, ADD, DEL) is
-# packed first, then what runs less often.
 traced weft-ipam VERSION <<<'{"cniVersion":"1.1.0"}'
-traced weft-ipam ADD <<<"$ipam"
-traced weft-ipam DEL <<<"$ipam"
-traced weft-ipam ADD <<<"$ipam"
-traced weft-ipam CHECK <<<"$ipam"
-traced weft-ipam STATUS <<<"$ipam"
+for verb in ADD DEL ADD CHECK STATUS; do traced weft-ipam $verb <<<"$ipam"; done
 traced weft-ipam GC <<<"$gc"
 
 echo "==> kmesh-cni: VERSION, pass-through ADD DEL, fast path ADD CHECK DEL (after bridge)"
@@ -88,13 +81,8 @@ kmesh() {
   echo "{\"cniVersion\":\"${2:-1.0.0}\",\"name\":\"link-order\",\"type\":\"kmesh-cni\",\"mode\":\"$1\",\"pinRoot\":\"$pins\",\"prevResult\":$prev}"
 }
 traced kmesh-cni VERSION <<<'{"cniVersion":"1.1.0"}'
-traced kmesh-cni ADD <<<"$(kmesh off)"
-traced kmesh-cni DEL <<<"$(kmesh off)"
-traced kmesh-cni ADD <<<"$(kmesh auto)"
-traced kmesh-cni DEL <<<"$(kmesh auto)"
-traced kmesh-cni ADD <<<"$(kmesh auto)"
-traced kmesh-cni CHECK <<<"$(kmesh auto)"
-traced kmesh-cni DEL <<<"$(kmesh auto)"
+for verb in ADD DEL; do traced kmesh-cni $verb <<<"$(kmesh off)"; done
+for verb in ADD DEL ADD CHECK DEL; do traced kmesh-cni $verb <<<"$(kmesh auto)"; done
 traced kmesh-cni STATUS <<<"$(kmesh auto 1.1.0)"
 CNI_COMMAND=DEL "$ref/bridge" <<<"$br" >/dev/null
 
@@ -102,26 +90,19 @@ echo "==> weft-sriov: VERSION (a VF attach needs SR-IOV hardware)"
 traced weft-sriov VERSION <<<'{"cniVersion":"1.1.0"}'
 
 # Every function named in a binary's profiles (callgrind writes a name once per file as
-# "fn=(id) name", recursion as "name'2"; unnamed code is skipped): those of the verbs every pod
-# runs and the others, sorted by name (sorting keeps a crate's, a module's and glibc's functions
-# next to each other; callgrind's file order measured worse: weft-ipam ADD 1748 KiB against
-# 1172-1684 KiB sorted, the spread not yet understood).
-names() {
-  # shellcheck disable=SC2068 # file names without spaces, from mktemp and fixed words
-  cat $@ /dev/null |
-    sed -nE "s/^c?fn=\([0-9]+\) (.*)$/\1/p" |
-    sed -E "s/'[0-9]+$//" |
-    grep -vE '^(0x[0-9a-f]+|\(below main\))$' |
-    sort -u
-}
+# "fn=(id) name", recursion as "name'2"; unnamed code is skipped), sorted by name: that keeps a
+# crate's, a module's and glibc's functions next to each other. Measured on weft-ipam ADD:
+# 1172-1684 KiB sorted (the spread between two builds not understood), 1748 KiB in callgrind's
+# file order; packing VERSION/ADD/DEL's functions before the other verbs' gained nothing.
 declare -A list=([weft-ipam]=ipam [kmesh-cni]=plugins/kmesh-cni [weft-sriov]=plugins/sriov)
 for bin in "${bins[@]}"; do
   file=${list[$bin]}/link-order.txt
-  names "$(ls "$work"/cg.*."$bin".* | grep -E '\.(VERSION|ADD|DEL)$')" >"$work/hot"
-  names "$(ls "$work"/cg.*."$bin".* | grep -vE '\.(VERSION|ADD|DEL)$' || true)" >"$work/cold"
-  # One sorted list: the hot-then-cold split measured no better (ADD 1684 KiB either way).
-  sort -u "$work/hot" "$work/cold" >"$file"
-  have=$(nm "$work/$bin" | awk '{print $NF}' | sort -u | comm -12 - <(sort -u "$file") | wc -l)
+  cat "$work"/cg.*."$bin".* |
+    sed -nE "s/^c?fn=\([0-9]+\) (.*)$/\1/p" |
+    sed -E "s/'[0-9]+$//" |
+    grep -vE '^(0x[0-9a-f]+|\(below main\))$' |
+    sort -u >"$file"
+  have=$({ nm "$work/$bin" || true; } | awk '{print $NF}' | sort -u | comm -12 - "$file" | wc -l)
   echo "==> $file: $(wc -l <"$file") symbols, $have of them in $bin"
 done
 

@@ -59,42 +59,54 @@ impl Maps {
     /// Idempotent per `key`: attaching again replaces the previous attachment with this key
     /// (also across modes), so a retried ADD does not stack programs.
     pub fn attach(&mut self, ifname: &str, mode: Mode, key: &str) -> Result<Attachment> {
-        validate_key(key)?;
-        let ifindex = ifindex(ifname)?;
         let root = self.root.clone();
-        let prog = self.program()?;
-        let prog_id = prog
-            .info()
-            .map_err(|e| Error::program("program info", e))?
-            .id();
-
-        // A previous attachment under this key (retry, or mode switch) goes first: the
-        // kernel refuses the same program twice on one tcx hook.
-        remove_tcx_link(&root, key)?;
-        if mode == Mode::Tcx {
-            remove_tc_filter(ifname, ifindex)?;
-        }
-
-        match mode {
-            Mode::Tcx => attach_tcx(prog, &root, ifname, key)?,
-            Mode::Tc => attach_tc(prog, ifname)?,
-        }
-        tracing::debug!(
-            ifname,
-            ifindex,
-            ?mode,
-            key,
-            prog_id,
-            "attached redirect program"
-        );
-        Ok(Attachment {
-            key: key.to_owned(),
-            ifname: ifname.to_owned(),
-            ifindex,
-            mode,
-            prog_id,
-        })
+        attach_program(self.program()?, &root, ifname, mode, key)
     }
+}
+
+/// [`Maps::attach`] for a program already open, without the maps: also what the P1-chain
+/// kernel floor (`weft-attach-floor`, with [`crate::pinned_program`]) runs, so the floor does
+/// exactly kmesh-cni's kernel work.
+pub fn attach_program(
+    prog: &mut SchedClassifier,
+    root: &PinRoot,
+    ifname: &str,
+    mode: Mode,
+    key: &str,
+) -> Result<Attachment> {
+    validate_key(key)?;
+    let ifindex = ifindex(ifname)?;
+    let prog_id = prog
+        .info()
+        .map_err(|e| Error::program("program info", e))?
+        .id();
+
+    // A previous attachment under this key (retry, or mode switch) goes first: the
+    // kernel refuses the same program twice on one tcx hook.
+    remove_tcx_link(root, key)?;
+    if mode == Mode::Tcx {
+        remove_tc_filter(ifname, ifindex)?;
+    }
+
+    match mode {
+        Mode::Tcx => attach_tcx(prog, root, ifname, key)?,
+        Mode::Tc => attach_tc(prog, ifname)?,
+    }
+    tracing::debug!(
+        ifname,
+        ifindex,
+        ?mode,
+        key,
+        prog_id,
+        "attached redirect program"
+    );
+    Ok(Attachment {
+        key: key.to_owned(),
+        ifname: ifname.to_owned(),
+        ifindex,
+        mode,
+        prog_id,
+    })
 }
 
 /// Detach what [`Maps::attach`] attached. Succeeds when it is already gone (link pin

@@ -39,7 +39,9 @@ mod maps;
 mod pin;
 pub mod probe;
 
-pub use attach::{detach, detach_key, is_attached, Attachment, Mode, TC_HANDLE, TC_PRIORITY};
+pub use attach::{
+    attach_program, detach, detach_key, is_attached, Attachment, Mode, TC_HANDLE, TC_PRIORITY,
+};
 pub use error::{Error, Result};
 pub use layout::{
     network_id, owner_token, Counters, Device, Endpoint, EndpointKey, Managed, COUNTERS_MAX,

@@ -312,7 +312,7 @@ fn verify_append(old: &Value, new_text: &str, entry: &Value) -> Result<()> {
 }
 
 /// Writes `text` over the loaded file, unless the file changed since it was read (the primary
-/// CNI rewrote it meanwhile: the caller tries again on the new content), then reads it back.
+/// CNI rewrote it meanwhile: the caller tries again on the new content).
 fn commit(loaded: &Loaded, text: &str) -> Result<()> {
     let now = std::fs::read(&loaded.path).ok();
     if now.as_deref() != Some(loaded.text.as_bytes()) {

@@ -152,38 +152,23 @@ fn host_veth(add_result: &serde_json::Value, bridge: &str) -> Result<String> {
         .context("bridge result names no host veth")
 }
 
-/// The kernel's floor for one pod: bridge ADD (not measured), `weft-attach-floor attach` and
-/// `detach` on its host veth (measured), bridge DEL. Returns the two execs' wall time in ms.
-fn floor_run(
+/// One pod of the floor table: bridge ADD through cnitool (not measured), `measure` with the
+/// bridge's result (the execs it times, in ms), bridge DEL, which runs even when `measure`
+/// failed so a broken run leaves nothing behind.
+fn around_bridge_pod(
     tool: &Cnitool,
     ns: &TestNetns,
-    floor: &std::path::Path,
-    mode: &str,
-    iso: &Isolation,
-    bridge: &str,
+    measure: impl FnOnce(&serde_json::Value) -> Result<f64>,
 ) -> Result<f64> {
     let add = tool.add(NET_BRIDGE, ns.path());
-    let result = (|| -> Result<f64> {
-        ensure!(
-            add.success(),
+    let result = if add.success() {
+        measure(&add.json())
+    } else {
+        Err(anyhow::anyhow!(
             "cnitool add {NET_BRIDGE}:\n{}",
             add.describe()
-        );
-        let veth = host_veth(&add.json(), bridge)?;
-        let mut total = 0.0;
-        for verb in ["attach", "detach"] {
-            let mut cmd = std::process::Command::new(floor);
-            cmd.args([verb, mode, iso.pin_root_str(), &veth]);
-            let (out, usage) = proc::run(&mut cmd, b"").context("exec weft-attach-floor")?;
-            ensure!(
-                out.success(),
-                "weft-attach-floor {verb}:\n{}",
-                out.describe()
-            );
-            total += wall_ms(usage.wall);
-        }
-        Ok(total)
-    })();
+        ))
+    };
     let del = tool.del(NET_BRIDGE, ns.path());
     let total = result?;
     ensure!(
@@ -194,10 +179,47 @@ fn floor_run(
     Ok(total)
 }
 
-/// kmesh-cni's own share of one pod, timed as the floor is: bridge ADD through cnitool (not
-/// measured), kmesh-cni exec'd directly for ADD and DEL with that result as `prevResult`, as
-/// libcni would exec it (measured around each exec), bridge DEL. Returns the two execs' wall
-/// time in ms. The chained extra above also carries libcni's per-plugin work and the run-to-run
+/// Execs `cmd` once per item of `runs` (its arguments and environment set by `prepare`), all
+/// with `stdin`; each must succeed. Returns the wall time of all of them in ms.
+fn timed_execs<'a>(
+    what: &str,
+    runs: &[&'a str],
+    stdin: &[u8],
+    mut prepare: impl FnMut(&'a str) -> std::process::Command,
+) -> Result<f64> {
+    let mut total = 0.0;
+    for run in runs {
+        let mut cmd = prepare(run);
+        let (out, usage) = proc::run(&mut cmd, stdin).with_context(|| format!("exec {what}"))?;
+        ensure!(out.success(), "{what} {run}:\n{}", out.describe());
+        total += wall_ms(usage.wall);
+    }
+    Ok(total)
+}
+
+/// The kernel's floor for one pod: `weft-attach-floor attach` and `detach` on the host veth of
+/// a bridge pod.
+fn floor_run(
+    tool: &Cnitool,
+    ns: &TestNetns,
+    floor: &std::path::Path,
+    mode: &str,
+    iso: &Isolation,
+    bridge: &str,
+) -> Result<f64> {
+    around_bridge_pod(tool, ns, |result| {
+        let veth = host_veth(result, bridge)?;
+        timed_execs("weft-attach-floor", &["attach", "detach"], b"", |verb| {
+            let mut cmd = std::process::Command::new(floor);
+            cmd.args([verb, mode, iso.pin_root_str(), &veth]);
+            cmd
+        })
+    })
+}
+
+/// kmesh-cni's own share of one pod, timed as the floor is: kmesh-cni exec'd directly for ADD
+/// and DEL after a bridge pod's ADD, with the bridge's result as `prevResult`, as libcni would
+/// exec it. The chained extra above also carries libcni's per-plugin work and the run-to-run
 /// drift of two whole chains; this is the like-for-like figure against the floor.
 fn kmesh_direct_run(
     tool: &Cnitool,
@@ -207,20 +229,13 @@ fn kmesh_direct_run(
     cni_path: &CniPath,
     iso: &Isolation,
 ) -> Result<f64> {
-    let add = tool.add(NET_BRIDGE, ns.path());
-    let result = (|| -> Result<f64> {
-        ensure!(
-            add.success(),
-            "cnitool add {NET_BRIDGE}:\n{}",
-            add.describe()
-        );
+    around_bridge_pod(tool, ns, |result| {
         let mut conf = plugin.clone();
         conf["cniVersion"] = json!("1.0.0");
         conf["name"] = json!(NET_KMESH);
-        conf["prevResult"] = add.json();
+        conf["prevResult"] = result.clone();
         let stdin = serde_json::to_vec(&conf).expect("plain JSON");
-        let mut total = 0.0;
-        for verb in ["ADD", "DEL"] {
+        timed_execs("kmesh-cni", &["ADD", "DEL"], &stdin, |verb| {
             let mut cmd = std::process::Command::new(kmesh);
             cmd.env_clear()
                 .env("CNI_COMMAND", verb)
@@ -229,20 +244,9 @@ fn kmesh_direct_run(
                 .env("CNI_IFNAME", "eth0")
                 .env("CNI_PATH", cni_path.path())
                 .env("WEFT_STATE_DIR", iso.state_dir());
-            let (out, usage) = proc::run(&mut cmd, &stdin).context("exec kmesh-cni")?;
-            ensure!(out.success(), "kmesh-cni {verb}:\n{}", out.describe());
-            total += wall_ms(usage.wall);
-        }
-        Ok(total)
-    })();
-    let del = tool.del(NET_BRIDGE, ns.path());
-    let total = result?;
-    ensure!(
-        del.success(),
-        "cnitool del {NET_BRIDGE}:\n{}",
-        del.describe()
-    );
-    Ok(total)
+            cmd
+        })
+    })
 }
 
 pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
