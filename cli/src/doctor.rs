@@ -304,34 +304,35 @@ fn files(node: &Node, out: &mut Vec<Check>) {
     }
     // State.
     let records = state::kmesh_records(node);
-    let mut stale = 0;
-    let mut unreadable = 0;
-    for r in &records {
-        match &r.record {
-            Ok(rec) if state::liveness(rec) != Liveness::Alive => stale += 1,
-            Ok(_) => {}
-            Err(_) => unreadable += 1,
-        }
+    let stale = records
+        .iter()
+        .filter(|r| matches!(&r.record, Ok(rec) if state::liveness(rec) != Liveness::Alive))
+        .count();
+    let unreadable = records.iter().filter(|r| r.record.is_err()).count();
+    out.push(records_check(
+        "kmesh-cni",
+        node.kmesh_store().dir(),
+        records.len(),
+        stale,
+        unreadable,
+    ));
+    let sriov = state::sriov_records(node);
+    if !sriov.is_empty() {
+        let stale = sriov
+            .iter()
+            .filter(
+                |r| matches!(&r.record, Ok(rec) if state::sriov_liveness(rec) != Liveness::Alive),
+            )
+            .count();
+        let unreadable = sriov.iter().filter(|r| r.record.is_err()).count();
+        out.push(records_check(
+            "weft-sriov",
+            state::sriov_store(node).dir(),
+            sriov.len(),
+            stale,
+            unreadable,
+        ));
     }
-    out.push(match (stale, unreadable) {
-        (0, 0) => check(
-            Verdict::Ok,
-            "records",
-            format!(
-                "{} kmesh-cni record(s) in {}, every pod alive",
-                records.len(),
-                node.kmesh_store().dir().display()
-            ),
-        ),
-        _ => check(
-            Verdict::Warn,
-            "records",
-            format!(
-                "{} kmesh-cni record(s): {stale} stale (pod gone), {unreadable} unreadable; weft gc reclaims stale ones",
-                records.len()
-            ),
-        ),
-    });
     let pools = state::ipam_pools(node);
     let bad: Vec<String> = pools
         .iter()
@@ -426,4 +427,32 @@ pub fn render(checks: &[Check]) -> String {
 
 pub fn blocking(checks: &[Check]) -> bool {
     checks.iter().any(|c| c.verdict == Verdict::Fail)
+}
+
+/// One plugin's records: every pod alive, or how many are stale or unreadable.
+fn records_check(
+    plugin: &str,
+    dir: &std::path::Path,
+    total: usize,
+    stale: usize,
+    unreadable: usize,
+) -> Check {
+    if stale == 0 && unreadable == 0 {
+        check(
+            Verdict::Ok,
+            "records",
+            format!(
+                "{total} {plugin} record(s) in {}, every pod alive",
+                dir.display()
+            ),
+        )
+    } else {
+        check(
+            Verdict::Warn,
+            "records",
+            format!(
+                "{total} {plugin} record(s): {stale} stale (pod gone), {unreadable} unreadable; weft gc reclaims stale ones"
+            ),
+        )
+    }
 }

@@ -3,9 +3,13 @@
 //! - kmesh-cni: a record whose netns is gone, or whose host veth is gone or now another link,
 //!   belongs to a pod torn down without a DEL. It is undone exactly like a DEL
 //!   (`kmesh_cni::fastpath::detach`: entries removed only while they still carry its owner).
+//! - weft-sriov: a record whose netns is gone, or is now another netns (its cookie differs),
+//!   belongs to a pod torn down without a DEL. Its VF is taken back exactly like a DEL
+//!   (`weft_sriov::reclaim`: PF-side settings restored, the netdev back under its original name,
+//!   only while the VF is still this attachment's).
 //! - weft-ipam: a reservation names only `(network, containerID, ifname)`, nothing that proves
-//!   the pod is gone. It is freed only with proof: the kmesh-cni record of the same attachment
-//!   was just reclaimed because its pod is gone. Every other reservation is reported and kept
+//!   the pod is gone. It is freed only with proof: the kmesh-cni or weft-sriov record of the
+//!   same attachment was just reclaimed because its pod is gone. Every other reservation is reported and kept
 //!   (the runtime's own CNI GC, which knows the valid attachments, frees the rest per network).
 //!   Nothing of another network is touched: a reservation is freed only under its own owner.
 
@@ -90,6 +94,7 @@ pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
         });
     }
     drop(_lock);
+    ok &= reclaim_sriov(node, dry_run, &mut items, &mut dead);
     for pool in state::ipam_pools(node) {
         let Ok(reservations) = &pool.reservations else {
             items.push(Item {
@@ -112,11 +117,11 @@ pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
             let action = if !proven {
                 "kept: no proof its pod is gone".to_string()
             } else if dry_run {
-                "would free: its pod's kmesh-cni record was stale".to_string()
+                "would free: its pod's record was stale".to_string()
             } else {
                 match pool.open().map(|s| s.release(owner)) {
                     Some(Ok(freed)) if !freed.is_empty() => {
-                        "freed: its pod's kmesh-cni record was stale".to_string()
+                        "freed: its pod's record was stale".to_string()
                     }
                     Some(Ok(_)) => "already free".to_string(),
                     Some(Err(e)) => {
@@ -134,6 +139,56 @@ pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
         }
     }
     Ok((items, ok))
+}
+
+/// weft-sriov's records: the VF of every attachment whose pod is gone is taken back. Returns
+/// false when one could not be.
+fn reclaim_sriov(
+    node: &Node,
+    dry_run: bool,
+    items: &mut Vec<Item>,
+    dead: &mut HashSet<AttachmentKey>,
+) -> bool {
+    let mut ok = true;
+    for r in state::sriov_records(node) {
+        let what = format!("{} ({})", r.key, net_or_legacy(&r.key));
+        let rec = match &r.record {
+            Ok(rec) => rec,
+            Err(e) => {
+                items.push(Item {
+                    plugin: "weft-sriov",
+                    what,
+                    action: format!("kept: unreadable record ({e})"),
+                });
+                continue;
+            }
+        };
+        let what = format!("{what} VF {}", rec.pci);
+        let live = state::sriov_liveness(rec);
+        let action = if live == Liveness::Alive {
+            "kept: pod alive".to_string()
+        } else if dry_run {
+            dead.insert(r.key.clone());
+            format!("would reclaim: {}", live.as_str())
+        } else {
+            match weft_sriov::reclaim(state::sriov_store(node), &r.key) {
+                Ok(()) => {
+                    dead.insert(r.key.clone());
+                    format!("reclaimed: {}, VF restored", live.as_str())
+                }
+                Err(e) => {
+                    ok = false;
+                    format!("FAILED to reclaim ({}): {}", live.as_str(), e)
+                }
+            }
+        };
+        items.push(Item {
+            plugin: "weft-sriov",
+            what,
+            action,
+        });
+    }
+    ok
 }
 
 fn net_or_legacy(key: &AttachmentKey) -> String {

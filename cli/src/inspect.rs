@@ -1,6 +1,6 @@
 //! `weft inspect`: every weft attachment on the node in one table (kmesh-cni records, their BPF
-//! attachment and map entries, the IPAM reservations of the same attachment), then whatever is
-//! left over that no attachment accounts for.
+//! attachment and map entries, weft-sriov records and their VFs, the IPAM reservations of the
+//! same attachment), then whatever is left over that no attachment accounts for.
 
 use crate::bpfview;
 use crate::node::Node;
@@ -17,7 +17,8 @@ struct Row {
     container: String,
     ifname: String,
     pod: String,
-    veth: String,
+    /// The host veth (kmesh-cni) or the VF (weft-sriov).
+    device: String,
     mode: String,
     fast_path: String,
     addrs: BTreeMap<IpAddr, Vec<&'static str>>,
@@ -55,7 +56,7 @@ pub fn run(node: &Node) -> Result<Inspection> {
             Ok(rec) => {
                 let live = state::liveness(rec);
                 row.pod = live.as_str().into();
-                row.veth = format!("{}#{}", rec.host_veth, rec.host_ifindex);
+                row.device = format!("{}#{}", rec.host_veth, rec.host_ifindex);
                 row.mode = serde_json::to_value(rec.mode)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -89,6 +90,45 @@ pub fn run(node: &Node) -> Result<Inspection> {
                     "mode": rec.mode, "state": rec.state, "attachment": rec.attachment,
                     "endpoints": rec.endpoints.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(),
                     "netns_cookie": rec.netns_cookie, "problems": problems,
+                }));
+            }
+        }
+    }
+    let mut sriov_json = Vec::new();
+    for r in state::sriov_records(node) {
+        let k = (
+            r.key.network().unwrap_or("(legacy)").to_owned(),
+            r.key.container_id().to_owned(),
+            r.key.ifname().to_owned(),
+        );
+        let row = rows.entry(k.clone()).or_insert_with(|| Row {
+            network: k.0.clone(),
+            container: k.1.clone(),
+            ifname: k.2.clone(),
+            ..Row::default()
+        });
+        match &r.record {
+            Err(e) => {
+                row.device = format!("unreadable weft-sriov record: {e}");
+                sriov_json.push(json!({"key": r.key.to_string(), "error": e}));
+            }
+            Ok(rec) => {
+                let live = state::sriov_liveness(rec);
+                row.pod = live.as_str().into();
+                row.device = format!("VF {}", rec.pci);
+                row.mode = match &rec.mode {
+                    weft_sriov::record::Mode::Netdev { .. } => "sriov netdev".into(),
+                    weft_sriov::record::Mode::Dpdk { driver } => format!("sriov {driver}"),
+                };
+                if row.fast_path.is_empty() {
+                    row.fast_path = "-".into();
+                }
+                sriov_json.push(json!({
+                    "key": r.key.to_string(),
+                    "network": rec.network, "netns": rec.netns, "pod": live.as_str(),
+                    "pci": rec.pci.as_str(), "pf_pci": rec.pf_pci.as_str(), "pf": rec.pf,
+                    "vf_index": rec.vf_index, "device": rec.device(), "mode": rec.mode,
+                    "pf_settings": rec.pf_settings,
                 }));
             }
         }
@@ -172,7 +212,7 @@ pub fn run(node: &Node) -> Result<Inspection> {
         "CONTAINER",
         "IF",
         "POD",
-        "HOST VETH",
+        "DEVICE",
         "MODE",
         "FAST PATH",
         "ADDRESSES",
@@ -190,7 +230,7 @@ pub fn run(node: &Node) -> Result<Inspection> {
             short(&row.container),
             row.ifname.clone(),
             or_dash(&row.pod),
-            or_dash(&row.veth),
+            or_dash(&row.device),
             or_dash(&row.mode),
             or_dash(&row.fast_path),
             if addrs.is_empty() {
@@ -202,7 +242,9 @@ pub fn run(node: &Node) -> Result<Inspection> {
         ]);
     }
     if rows.is_empty() {
-        text.push_str("no attachments: no kmesh-cni record and no weft-ipam reservation\n");
+        text.push_str(
+            "no attachments: no kmesh-cni or weft-sriov record and no weft-ipam reservation\n",
+        );
     } else {
         text.push_str(&render_table(&table));
         text.push_str("ADDRESSES: [map] endpoints entry recorded by kmesh-cni, [ipam] weft-ipam reservation\n");
@@ -215,6 +257,7 @@ pub fn run(node: &Node) -> Result<Inspection> {
         "pin_root": node.pin_root,
         "counters": view.as_ref().map(|v| bpfview::counters_json(&v.counters)),
         "kmesh_cni": records_json,
+        "weft_sriov": sriov_json,
         "ipam": pools_json,
         "bpf_endpoints": eps_json,
         "leftovers": orphans,

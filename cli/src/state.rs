@@ -1,6 +1,6 @@
 //! What weft's plugins keep on the node, read back: kmesh-cni records (every network and the
-//! legacy location), weft-ipam reservations (file store and the etcd store's node-local pools),
-//! and whether the pod each one belongs to is still alive.
+//! legacy location), weft-sriov records, weft-ipam reservations (file store and the etcd
+//! store's node-local pools), and whether the pod each one belongs to is still alive.
 
 use crate::node::Node;
 use conf::AttachmentKey;
@@ -14,6 +14,13 @@ use weft_ipam::store::file::FileStore;
 pub struct KmeshRecord {
     pub key: AttachmentKey,
     pub record: Result<Record, String>,
+}
+
+/// One weft-sriov record as stored.
+#[derive(Debug, Clone)]
+pub struct SriovRecord {
+    pub key: AttachmentKey,
+    pub record: Result<weft_sriov::record::Record, String>,
 }
 
 /// Names of the subdirectories of `dir` that can be network names.
@@ -50,6 +57,42 @@ pub fn kmesh_records(node: &Node) -> Vec<KmeshRecord> {
         .collect()
 }
 
+/// weft-sriov's record store on this node.
+pub fn sriov_store(node: &Node) -> host::RecordStore {
+    host::RecordStore::new(node.state_dir.join(weft_sriov::PLUGIN_NAME))
+}
+
+/// Every weft-sriov record, network by network (its per-VF owner files live in `_vf`, which
+/// is not a network name, so they are not listed).
+pub fn sriov_records(node: &Node) -> Vec<SriovRecord> {
+    let store = sriov_store(node);
+    store
+        .all_keys()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|key| match store.read(&key) {
+            Ok(Some(r)) => Some(SriovRecord { key, record: Ok(r) }),
+            Ok(None) => None,
+            Err(e) => Some(SriovRecord {
+                key,
+                record: Err(e.to_string()),
+            }),
+        })
+        .collect()
+}
+
+/// Is the pod of a weft-sriov record still there: the netns it names exists and is the same
+/// netns (its cookie; a path can be reused by a new pod).
+pub fn sriov_liveness(r: &weft_sriov::record::Record) -> Liveness {
+    if !host::netns_exists(&r.netns) {
+        return Liveness::NetnsGone;
+    }
+    match host::netns_cookie(&r.netns) {
+        Ok(c) if c == r.netns_cookie => Liveness::Alive,
+        _ => Liveness::NetnsReplaced,
+    }
+}
+
 /// Is the pod of `r` still there: its netns exists and its host veth has the same name and
 /// index?
 pub fn liveness(r: &Record) -> Liveness {
@@ -67,6 +110,8 @@ pub fn liveness(r: &Record) -> Liveness {
 pub enum Liveness {
     Alive,
     NetnsGone,
+    /// The netns path exists but is another netns than the pod's (weft-sriov: cookie differs).
+    NetnsReplaced,
     VethGone,
 }
 
@@ -75,6 +120,7 @@ impl Liveness {
         match self {
             Liveness::Alive => "alive",
             Liveness::NetnsGone => "netns gone",
+            Liveness::NetnsReplaced => "netns replaced",
             Liveness::VethGone => "veth gone",
         }
     }
@@ -194,11 +240,7 @@ impl Usage {
 }
 
 pub fn usage(node: &Node) -> Usage {
-    let sriov = host::RecordStore::new(node.state_dir.join("weft-sriov"));
-    let mut sriov_records = sriov.legacy_keys().map(|k| k.len()).unwrap_or(0);
-    for net in networks_in(sriov.dir()) {
-        sriov_records += sriov.keys(&net).map(|k| k.len()).unwrap_or(0);
-    }
+    let sriov_records = sriov_store(node).all_keys().map_or(0, |k| k.len());
     Usage {
         kmesh_records: kmesh_records(node).len(),
         ipam_reservations: ipam_pools(node)

@@ -78,6 +78,21 @@ fn release(ctx: &Ctx, key: &AttachmentKey) -> Result<(), SriovError> {
     }
 }
 
+/// For node tools (`weft gc`): undoes the attachment `key` recorded in `store` the way its DEL
+/// would (under the VF's lock, re-read there; a VF that another attachment holds now is left
+/// alone), with the PF and sysfs the environment names. The IPAM delegate is not called: the
+/// caller decides what happens to the addresses.
+pub fn reclaim(store: RecordStore, key: &AttachmentKey) -> Result<(), SriovError> {
+    let pf = host::sriov::pf_ops_from_env();
+    let ctx = Ctx {
+        sysfs: Sysfs::from_env(),
+        pf: pf.as_ref(),
+        vfs: VfStore::new(&store),
+        store,
+    };
+    release(&ctx, key)
+}
+
 /// The first of several errors, the others in its details.
 fn combine(errors: Vec<Error>) -> conf::Result<()> {
     let mut errors = errors.into_iter();

@@ -79,6 +79,18 @@ pub struct Record {
     pub pf_settings: Vec<VfSetting>,
 }
 
+impl Record {
+    /// The VF's netdev as the pod sees it (`CNI_IFNAME`), or the DPDK driver it is bound to.
+    pub fn device(&self) -> String {
+        match &self.mode {
+            Mode::Netdev { original, .. } => {
+                format!("{} (host name {})", self.ifname, original.name)
+            }
+            Mode::Dpdk { driver } => format!("bound to {driver}"),
+        }
+    }
+}
+
 /// Which attachment holds a VF.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfOwner {
