@@ -161,10 +161,14 @@ pub fn render(node: &Node, agent: &Agent) -> String {
     }
 
     let mut attachments: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    let mut records: BTreeMap<String, u64> = BTreeMap::new();
+    let mut records: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for r in state::sriov_records(node) {
+        let net = r.key.network().unwrap_or("(legacy)").to_owned();
+        *records.entry((weft_sriov::PLUGIN_NAME, net)).or_default() += 1;
+    }
     for r in state::kmesh_records(node) {
         let net = r.key.network().unwrap_or("(legacy)").to_owned();
-        *records.entry(net.clone()).or_default() += 1;
+        *records.entry(("kmesh-cni", net.clone())).or_default() += 1;
         if let Ok(rec) = &r.record {
             let mode = serde_json::to_value(rec.mode)
                 .ok()
@@ -182,12 +186,8 @@ pub fn render(node: &Node, agent: &Agent) -> String {
         "gauge",
         "Attachment records kept by each weft plugin, per network.",
     );
-    for (net, n) in &records {
-        o.sample(
-            "weft_records",
-            &[("plugin", "kmesh-cni"), ("network", net)],
-            n,
-        );
+    for ((plugin, net), n) in &records {
+        o.sample("weft_records", &[("plugin", plugin), ("network", net)], n);
     }
     o.family(
         "weft_attachments",
