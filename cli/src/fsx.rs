@@ -87,6 +87,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8], attrs: Attrs) -> Result<()> {
     result
 }
 
+/// Drops `path`'s pages from the page cache (write it durably first: dirty pages stay), so the
+/// next exec reads the file back from disk, as the first exec after a reboot does. Why: how a
+/// file came into the page cache changes how much of it an exec maps per fault. Measured on
+/// the same weft-ipam binary, peak RSS of one ADD: 1496 KiB while the pages `install` wrote
+/// were cached, 1172 KiB once read back by an exec. Costs one read of the binary from disk.
+/// Best effort: a file that cannot be opened only keeps the larger footprint.
+pub fn drop_cached(path: &Path) {
+    if let Ok(f) = File::open(path) {
+        let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        if let Err(e) = nix::fcntl::posix_fadvise(&f, 0, 0, advice) {
+            tracing::debug!(error = %e, file = %path.display(), "cannot drop cached pages");
+        }
+    }
+}
+
 /// Makes a rename or unlink in `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

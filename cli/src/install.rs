@@ -109,6 +109,7 @@ fn install_binary(node: &Node, manifest: &mut Manifest, name: &str, src: &Path) 
         backup = Some(path);
     }
     fsx::write_atomic(&dst, &bytes, Attrs::root(0o755))?;
+    fsx::drop_cached(&dst);
     let entry = Binary {
         name: name.into(),
         fingerprint: print,
