@@ -71,7 +71,7 @@ fn legacy_dir(root: &PinRoot) -> PathBuf {
 pub(crate) fn move_aside(root: &PinRoot) -> Result<()> {
     let endpoints = root.path().join(layout::MAP_ENDPOINTS);
     let Ok(info) = MapInfo::from_pin(&endpoints) else {
-        return Ok(()); // nothing pinned (or not a map: check_pinned_layouts will say)
+        return Ok(()); // nothing pinned (or not a map: opening the maps will say)
     };
     if info.key_size() as usize != std::mem::size_of::<EndpointKeyV1>() {
         return Ok(());

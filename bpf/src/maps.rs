@@ -38,6 +38,9 @@ pub struct Maps {
     counters: PerCpuArray<MapData, Counters>,
     /// The pinned program, once [`Maps::program`] has run.
     prog: Option<SchedClassifier>,
+    /// Kernel ids of the maps this exec opened from their pins, by name: the pinned program
+    /// is checked against them without opening the maps again.
+    pinned_ids: Vec<(&'static str, u32)>,
 }
 
 /// Every map the object defines; all of them pinned means nothing needs creating.
@@ -59,42 +62,46 @@ impl Maps {
         // Two execs starting at once must not both create (and fail to pin) the maps.
         let _lock = root.lock()?;
         legacy::move_aside(root)?;
-        check_pinned_layouts(root)?;
+        // Every pinned map is opened once: its layout is checked on the fd the maps then use.
+        let pinned = open_pinned_maps(root)?;
+        let pinned_ids: Vec<(&'static str, u32)> = MAP_NAMES
+            .iter()
+            .zip(&pinned)
+            .filter_map(|(name, p)| p.as_ref().map(|(_, id)| (*name, *id)))
+            .collect();
 
         let map_err = |map: &'static str| move |source| Error::Map { map, source };
-        let all_pinned = MAP_NAMES.iter().all(|n| root.path().join(n).exists());
-        let (ebpf, endpoints, devices, managed, counters) = if all_pinned {
-            let pinned = |name: &'static str| {
-                MapData::from_pin(root.path().join(name)).map_err(map_err(name))
-            };
-            (
+        let (ebpf, endpoints, devices, managed, counters) = match pinned {
+            [Some((endpoints, _)), Some((devices, _)), Some((counters, _)), Some((managed, _))] => (
                 None,
-                HashMap::try_from(Map::HashMap(pinned(layout::MAP_ENDPOINTS)?))
+                HashMap::try_from(Map::HashMap(endpoints))
                     .map_err(map_err(layout::MAP_ENDPOINTS))?,
-                HashMap::try_from(Map::HashMap(pinned(layout::MAP_DEVICES)?))
+                HashMap::try_from(Map::HashMap(devices))
                     .map_err(map_err(layout::MAP_DEVICES))?,
-                HashMap::try_from(Map::HashMap(pinned(layout::MAP_MANAGED)?))
+                HashMap::try_from(Map::HashMap(managed))
                     .map_err(map_err(layout::MAP_MANAGED))?,
-                PerCpuArray::try_from(Map::PerCpuArray(pinned(layout::MAP_COUNTERS)?))
+                PerCpuArray::try_from(Map::PerCpuArray(counters))
                     .map_err(map_err(layout::MAP_COUNTERS))?,
-            )
-        } else {
-            let mut ebpf = load_object(root)?;
-            let mut take = |name: &'static str| {
-                ebpf.take_map(name).ok_or(Error::Map {
-                    map: name,
-                    source: MapError::InvalidName { name: name.into() },
-                })
-            };
-            let endpoints = HashMap::try_from(take(layout::MAP_ENDPOINTS)?)
-                .map_err(map_err(layout::MAP_ENDPOINTS))?;
-            let devices = HashMap::try_from(take(layout::MAP_DEVICES)?)
-                .map_err(map_err(layout::MAP_DEVICES))?;
-            let managed = HashMap::try_from(take(layout::MAP_MANAGED)?)
-                .map_err(map_err(layout::MAP_MANAGED))?;
-            let counters = PerCpuArray::try_from(take(layout::MAP_COUNTERS)?)
-                .map_err(map_err(layout::MAP_COUNTERS))?;
-            (Some(ebpf), endpoints, devices, managed, counters)
+            ),
+            partly => {
+                drop(partly);
+                let mut ebpf = load_object(root)?;
+                let mut take = |name: &'static str| {
+                    ebpf.take_map(name).ok_or(Error::Map {
+                        map: name,
+                        source: MapError::InvalidName { name: name.into() },
+                    })
+                };
+                let endpoints = HashMap::try_from(take(layout::MAP_ENDPOINTS)?)
+                    .map_err(map_err(layout::MAP_ENDPOINTS))?;
+                let devices = HashMap::try_from(take(layout::MAP_DEVICES)?)
+                    .map_err(map_err(layout::MAP_DEVICES))?;
+                let managed = HashMap::try_from(take(layout::MAP_MANAGED)?)
+                    .map_err(map_err(layout::MAP_MANAGED))?;
+                let counters = PerCpuArray::try_from(take(layout::MAP_COUNTERS)?)
+                    .map_err(map_err(layout::MAP_COUNTERS))?;
+                (Some(ebpf), endpoints, devices, managed, counters)
+            }
         };
 
         Ok(Maps {
@@ -114,6 +121,7 @@ impl Maps {
             },
             counters,
             prog: None,
+            pinned_ids,
         })
     }
 
@@ -169,7 +177,11 @@ impl Maps {
             layout::MAP_DEVICES,
             layout::MAP_COUNTERS,
         ] {
-            let id = pinned_map_info(&self.root, name)?.map(|i| i.id());
+            let id = match self.pinned_ids.iter().find(|(n, _)| *n == name) {
+                Some((_, id)) => Some(*id),
+                // Created by this exec (or pinned by another one meanwhile): ask the pin.
+                None => pinned_map_info(&self.root, name)?.map(|i| i.id()),
+            };
             if id.is_none_or(|id| !prog_maps.contains(&id)) {
                 tracing::warn!(pin = %pin.display(), "pinned program uses other maps; replacing it");
                 fs::remove_file(pin)
@@ -262,54 +274,60 @@ fn pinned_map_info(root: &PinRoot, name: &'static str) -> Result<Option<MapInfo>
         .map_err(|source| Error::Map { map: name, source })
 }
 
-/// Refuse pins whose key/value sizes or capacity differ from this build's header.
-fn check_pinned_layouts(root: &PinRoot) -> Result<()> {
+/// Key size, value size and capacity of map `name` in this build's header.
+fn expected_layout(name: &str) -> (usize, usize, u32) {
     use std::mem::size_of;
-    let expected = [
-        (
-            layout::MAP_ENDPOINTS,
+    match name {
+        layout::MAP_ENDPOINTS => (
             size_of::<EndpointKey>(),
             size_of::<Endpoint>(),
             layout::ENDPOINTS_MAX,
         ),
-        (
-            layout::MAP_DEVICES,
-            size_of::<u32>(),
-            size_of::<Device>(),
-            layout::DEVICES_MAX,
-        ),
-        (
-            layout::MAP_COUNTERS,
+        layout::MAP_DEVICES => (size_of::<u32>(), size_of::<Device>(), layout::DEVICES_MAX),
+        layout::MAP_COUNTERS => (
             size_of::<u32>(),
             size_of::<Counters>(),
             layout::COUNTERS_MAX,
         ),
-        (
-            layout::MAP_MANAGED,
-            size_of::<u64>(),
-            size_of::<Managed>(),
-            layout::MANAGED_MAX,
-        ),
-    ];
-    for (name, key, value, max) in expected {
-        if let Some(info) = pinned_map_info(root, name)? {
-            let got = (
-                info.key_size() as usize,
-                info.value_size() as usize,
-                info.max_entries(),
-            );
-            if got != (key, value, max) {
-                return Err(Error::StaleMap {
-                    path: root.path().join(name),
-                    detail: format!(
-                        "key/value/max_entries {got:?}, this build expects {:?}",
-                        (key, value, max)
-                    ),
-                });
-            }
-        }
+        layout::MAP_MANAGED => (size_of::<u64>(), size_of::<Managed>(), layout::MANAGED_MAX),
+        other => unreachable!("no map {other} in this build"),
     }
-    Ok(())
+}
+
+/// Each of [`MAP_NAMES`] opened from its pin with its kernel id (`None`: not pinned). Pins
+/// whose key/value sizes or capacity differ from this build's header are refused
+/// ([`Error::StaleMap`]) rather than used, also when only some maps are pinned: the loader
+/// would reuse those pins by name.
+fn open_pinned_maps(root: &PinRoot) -> Result<[Option<(MapData, u32)>; 4]> {
+    let open = |name: &'static str| -> Result<Option<(MapData, u32)>> {
+        let path = root.path().join(name);
+        let err = |source| Error::Map { map: name, source };
+        let data = match MapData::from_pin(&path) {
+            Ok(d) => d,
+            Err(e) if is_enoent(&e) => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        let info = data.info().map_err(err)?;
+        let got = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        let expected = expected_layout(name);
+        if got != expected {
+            return Err(Error::StaleMap {
+                path,
+                detail: format!("key/value/max_entries {got:?}, this build expects {expected:?}"),
+            });
+        }
+        Ok(Some((data, info.id())))
+    };
+    Ok([
+        open(MAP_NAMES[0])?,
+        open(MAP_NAMES[1])?,
+        open(MAP_NAMES[2])?,
+        open(MAP_NAMES[3])?,
+    ])
 }
 
 pub(crate) fn is_enoent(e: &MapError) -> bool {
