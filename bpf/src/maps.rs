@@ -72,17 +72,19 @@ impl Maps {
 
         let map_err = |map: &'static str| move |source| Error::Map { map, source };
         let (ebpf, endpoints, devices, managed, counters) = match pinned {
-            [Some((endpoints, _)), Some((devices, _)), Some((counters, _)), Some((managed, _))] => (
-                None,
-                HashMap::try_from(Map::HashMap(endpoints))
-                    .map_err(map_err(layout::MAP_ENDPOINTS))?,
-                HashMap::try_from(Map::HashMap(devices))
-                    .map_err(map_err(layout::MAP_DEVICES))?,
-                HashMap::try_from(Map::HashMap(managed))
-                    .map_err(map_err(layout::MAP_MANAGED))?,
-                PerCpuArray::try_from(Map::PerCpuArray(counters))
-                    .map_err(map_err(layout::MAP_COUNTERS))?,
-            ),
+            [Some((endpoints, _)), Some((devices, _)), Some((counters, _)), Some((managed, _))] => {
+                (
+                    None,
+                    HashMap::try_from(Map::HashMap(endpoints))
+                        .map_err(map_err(layout::MAP_ENDPOINTS))?,
+                    HashMap::try_from(Map::HashMap(devices))
+                        .map_err(map_err(layout::MAP_DEVICES))?,
+                    HashMap::try_from(Map::HashMap(managed))
+                        .map_err(map_err(layout::MAP_MANAGED))?,
+                    PerCpuArray::try_from(Map::PerCpuArray(counters))
+                        .map_err(map_err(layout::MAP_COUNTERS))?,
+                )
+            }
             partly => {
                 drop(partly);
                 let mut ebpf = load_object(root)?;
