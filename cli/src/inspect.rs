@@ -6,6 +6,7 @@ use crate::bpfview;
 use crate::node::Node;
 use crate::state;
 use anyhow::Result;
+use conf::AttachmentKey;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -25,6 +26,22 @@ struct Row {
     enrolled: String,
 }
 
+/// One row per attachment, in (network, container, ifname) order.
+type Rows = BTreeMap<(String, String, String), Row>;
+
+/// The row of the attachment `key`, created empty the first time a plugin names it.
+fn row_of<'a>(rows: &'a mut Rows, key: &AttachmentKey) -> &'a mut Row {
+    let network = key.network().unwrap_or("(legacy)").to_owned();
+    let (container, ifname) = (key.container_id().to_owned(), key.ifname().to_owned());
+    rows.entry((network.clone(), container.clone(), ifname.clone()))
+        .or_insert_with(|| Row {
+            network,
+            container,
+            ifname,
+            ..Row::default()
+        })
+}
+
 pub struct Inspection {
     pub json: Value,
     pub text: String,
@@ -33,21 +50,11 @@ pub struct Inspection {
 pub fn run(node: &Node) -> Result<Inspection> {
     let root = node.bpf_root();
     let view = bpfview::read(&root)?;
-    let mut rows: BTreeMap<(String, String, String), Row> = BTreeMap::new();
+    let mut rows: Rows = BTreeMap::new();
     let mut claimed_eps: Vec<(u64, IpAddr)> = Vec::new();
     let mut records_json = Vec::new();
     for r in state::kmesh_records(node) {
-        let k = (
-            r.key.network().unwrap_or("(legacy)").to_owned(),
-            r.key.container_id().to_owned(),
-            r.key.ifname().to_owned(),
-        );
-        let row = rows.entry(k.clone()).or_insert_with(|| Row {
-            network: k.0.clone(),
-            container: k.1.clone(),
-            ifname: k.2.clone(),
-            ..Row::default()
-        });
+        let row = row_of(&mut rows, &r.key);
         match &r.record {
             Err(e) => {
                 row.fast_path = format!("unreadable record: {e}");
@@ -96,17 +103,7 @@ pub fn run(node: &Node) -> Result<Inspection> {
     }
     let mut sriov_json = Vec::new();
     for r in state::sriov_records(node) {
-        let k = (
-            r.key.network().unwrap_or("(legacy)").to_owned(),
-            r.key.container_id().to_owned(),
-            r.key.ifname().to_owned(),
-        );
-        let row = rows.entry(k.clone()).or_insert_with(|| Row {
-            network: k.0.clone(),
-            container: k.1.clone(),
-            ifname: k.2.clone(),
-            ..Row::default()
-        });
+        let row = row_of(&mut rows, &r.key);
         match &r.record {
             Err(e) => {
                 row.device = format!("unreadable weft-sriov record: {e}");
@@ -138,19 +135,14 @@ pub fn run(node: &Node) -> Result<Inspection> {
         let mut list = Vec::new();
         if let Ok(res) = &pool.reservations {
             for (ip, owner) in res {
-                let k = (
-                    owner.network().unwrap_or("(legacy)").to_owned(),
-                    owner.container_id().to_owned(),
-                    owner.ifname().to_owned(),
-                );
-                let row = rows.entry(k.clone()).or_insert_with(|| Row {
-                    network: k.0.clone(),
-                    container: k.1.clone(),
-                    ifname: k.2.clone(),
-                    pod: "?".into(),
-                    fast_path: "-".into(),
-                    ..Row::default()
-                });
+                let row = row_of(&mut rows, owner);
+                if row.pod.is_empty() {
+                    // Only a reservation: nothing here says whether its pod lives.
+                    row.pod = "?".into();
+                }
+                if row.fast_path.is_empty() {
+                    row.fast_path = "-".into();
+                }
                 row.addrs.entry(*ip).or_default().push("ipam");
                 list.push(json!({"address": ip.to_string(), "owner": owner.to_string()}));
             }

@@ -9,18 +9,31 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use weft_ipam::store::file::FileStore;
 
-/// One kmesh-cni record as stored.
+/// One plugin record as stored: its key, and the record or why it cannot be read.
 #[derive(Debug, Clone)]
-pub struct KmeshRecord {
+pub struct Stored<T> {
     pub key: AttachmentKey,
-    pub record: Result<Record, String>,
+    pub record: Result<T, String>,
 }
 
-/// One weft-sriov record as stored.
-#[derive(Debug, Clone)]
-pub struct SriovRecord {
-    pub key: AttachmentKey,
-    pub record: Result<weft_sriov::record::Record, String>,
+pub type KmeshRecord = Stored<Record>;
+pub type SriovRecord = Stored<weft_sriov::record::Record>;
+
+/// The records of `keys` in `store`; a key whose file vanished meanwhile is skipped.
+fn read_all<T: serde::de::DeserializeOwned>(
+    store: &host::RecordStore,
+    keys: Vec<AttachmentKey>,
+) -> Vec<Stored<T>> {
+    keys.into_iter()
+        .filter_map(|key| match store.read::<T>(&key) {
+            Ok(Some(r)) => Some(Stored { key, record: Ok(r) }),
+            Ok(None) => None,
+            Err(e) => Some(Stored {
+                key,
+                record: Err(e.to_string()),
+            }),
+        })
+        .collect()
 }
 
 /// Names of the subdirectories of `dir` that can be network names.
@@ -45,16 +58,7 @@ pub fn kmesh_records(node: &Node) -> Vec<KmeshRecord> {
         keys.extend(store.keys(&net).unwrap_or_default());
     }
     keys.extend(store.legacy_keys().unwrap_or_default());
-    keys.into_iter()
-        .filter_map(|key| match store.read::<Record>(&key) {
-            Ok(Some(r)) => Some(KmeshRecord { key, record: Ok(r) }),
-            Ok(None) => None,
-            Err(e) => Some(KmeshRecord {
-                key,
-                record: Err(e.to_string()),
-            }),
-        })
-        .collect()
+    read_all(&store, keys)
 }
 
 /// weft-sriov's record store on this node.
@@ -66,19 +70,7 @@ pub fn sriov_store(node: &Node) -> host::RecordStore {
 /// is not a network name, so they are not listed).
 pub fn sriov_records(node: &Node) -> Vec<SriovRecord> {
     let store = sriov_store(node);
-    store
-        .all_keys()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|key| match store.read(&key) {
-            Ok(Some(r)) => Some(SriovRecord { key, record: Ok(r) }),
-            Ok(None) => None,
-            Err(e) => Some(SriovRecord {
-                key,
-                record: Err(e.to_string()),
-            }),
-        })
-        .collect()
+    read_all(&store, store.all_keys().unwrap_or_default())
 }
 
 /// Is the pod of a weft-sriov record still there: the netns it names exists and is the same

@@ -14,7 +14,7 @@ use integration::fixtures::bpffs::AttachWatch;
 use integration::fixtures::netns::{unique_ifname, HostLink, TestNetns};
 use integration::plugins::CniPath;
 use integration::prereq::require_netns_env;
-use integration::proc::{must, run, Output};
+use integration::proc::{run, Output};
 use integration::sriov::{fresh_vf_state, link_state, FakeSriov, Kind};
 use serde_json::{json, Value};
 
@@ -136,25 +136,7 @@ fn gc_takes_back_the_vf_of_a_vanished_pod_and_frees_its_address() {
     // hands the VF back under the pod's ifname with what the pod set (the emulated part).
     drop(pods.remove(1));
     assert!(fake.host_state(1).is_none());
-    let returned = HostLink::adopt(&ifnames[1]);
-    must(
-        "ip",
-        &[
-            "link",
-            "add",
-            &ifnames[1],
-            "address",
-            "02:00:00:00:9c:01",
-            "mtu",
-            "1300",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &fake.vfs[1].wire,
-        ],
-    );
-    fake.set_netdev(1, Some(&ifnames[1]));
+    let returned = fake.hand_back(1, &ifnames[1], "02:00:00:00:9c:01", Some(1300));
     let doctor = weft(&node, Some(&fake), &["doctor"]);
     assert!(
         doctor.stdout.contains("2 weft-sriov record(s): 1 stale"),

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::fixtures::netns::{host_link_exists, unique_ifname};
+use crate::fixtures::netns::{host_link_exists, unique_ifname, HostLink};
 use crate::proc::{cmd, must};
 
 /// What stands in for a VF.
@@ -283,6 +283,24 @@ impl FakeSriov {
         if let Some(n) = name {
             std::fs::create_dir_all(net.join(n)).unwrap();
         }
+    }
+
+    /// The kernel's part when the netns holding VF `i` dies: the VF comes back to the host under
+    /// `name` (the pod's ifname) with the MAC and MTU the pod had, and sysfs shows it there.
+    /// A veth stand-in died with the netns, so a new one of that name takes its place (its peer
+    /// is the wire again, up). Returns the guard of the returned netdev.
+    pub fn hand_back(&self, i: usize, name: &str, mac: &str, mtu: Option<u32>) -> HostLink {
+        let link = HostLink::adopt(name);
+        let mtu = mtu.map(|m| m.to_string());
+        let mut args = vec!["link", "add", name, "address", mac];
+        if let Some(m) = &mtu {
+            args.extend(["mtu", m.as_str()]);
+        }
+        args.extend(["type", "veth", "peer", "name", &self.vfs[i].wire]);
+        must("ip", &args);
+        must("ip", &["link", "set", &self.vfs[i].wire, "up"]);
+        self.set_netdev(i, Some(name));
+        link
     }
 
     /// Binds VF `i` to `driver` in sysfs; a user-space driver also takes its netdev away.

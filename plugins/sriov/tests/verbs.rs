@@ -443,25 +443,9 @@ fn netns_destroyed_first(use_gc: bool) {
     ));
     assert!(rig.fake.host_state(0).is_none());
     // The kernel hands the VF back as `ifname`, with what the pod had.
-    let returned = integration::fixtures::netns::HostLink::adopt(&ifname);
-    integration::proc::must(
-        "ip",
-        &[
-            "link",
-            "add",
-            &ifname,
-            "address",
-            "02:00:00:00:9a:01",
-            "mtu",
-            "1300",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &rig.fake.vfs[0].wire,
-        ],
-    );
-    rig.fake.set_netdev(0, Some(&ifname));
+    let returned = rig
+        .fake
+        .hand_back(0, &ifname, "02:00:00:00:9a:01", Some(1300));
     let out = if use_gc {
         let mut gc = conf.clone();
         gc["cni.dev/valid-attachments"] = json!([]);
@@ -623,23 +607,7 @@ fn a_new_pod_reclaims_a_vf_whose_pod_died_and_a_late_del_leaves_it_alone() {
         integration::fixtures::netns::TestNetns::new("wsr-spare"),
     ));
     // The kernel's part: the VF is back under the old pod's ifname with its MAC.
-    integration::proc::must(
-        "ip",
-        &[
-            "link",
-            "add",
-            &ifname,
-            "address",
-            "02:00:00:00:51:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &rig.fake.vfs[0].wire,
-        ],
-    );
-    integration::proc::must("ip", &["link", "set", &rig.fake.vfs[0].wire, "up"]);
-    rig.fake.set_netdev(0, Some(&ifname));
+    let _returned = rig.fake.hand_back(0, &ifname, "02:00:00:00:51:01", None);
 
     let new = Pod::new("wsr-new");
     let new_conf = rig.conf("1.0.0", 0, json!({"vlan": 52}));
