@@ -205,6 +205,11 @@ impl PoolFile {
         let mut entries: Vec<Entry> = Vec::with_capacity(text.len() / 32);
         let mut sorted = true;
         let version = text::parse_each(&text, &[HEADER, HEADER_V1], |n, line| {
+            // "\r\n" ends a line; a "\r" left before it belongs to no valid line (parse refuses
+            // the owner), and rendering the line would turn it into the next line ending.
+            if line.ends_with('\r') {
+                return Err(format!("line {n}: stray carriage return"));
+            }
             // The address is short: a plain scan beats a memchr set-up per line.
             let ip_text = &line[..line.bytes().position(|b| b == b' ').unwrap_or(line.len())];
             let ip =
@@ -462,6 +467,9 @@ mod tests {
             // Out of order (edited by hand): still read, written back sorted.
             "weft-ipam pool v2\n10.0.0.3 n b eth0\n10.0.0.2 n a eth0\nend 2\n",
             "weft-ipam pool v2\r\n10.0.0.2 n a eth0\r\nend 1\r\n",
+            // A "\r" before the "\r\n" (found by fuzz/pool_file: each render dropped one).
+            "weft-ipam pool v2\n10.0.0.2 n a eth0\r\r\nend 1\n",
+            "weft-ipam pool v2\n10.0.0.2 n a eth0\r\r\r\nend 1\n",
             "weft-ipam pool v2\nend 0\n",
             // Broken ones: every reader refuses.
             "weft-ipam pool v2\n10.0.0.2 n a eth0\n",
@@ -490,6 +498,15 @@ mod tests {
         for cut in 0..V2.len() {
             same_as_parse(&V2[..cut]);
         }
+    }
+
+    #[test]
+    fn a_stray_carriage_return_is_refused_not_rewritten() {
+        let text = "weft-ipam pool v2\n10.0.0.2 n a eth0\r\r\nend 1\n";
+        let err = PoolFile::read(text.to_string()).unwrap_err();
+        assert!(err.contains("stray carriage return"), "{err}");
+        // A plain CRLF file is still read.
+        assert!(PoolFile::read("weft-ipam pool v2\r\nend 0\r\n".to_string()).is_ok());
     }
 
     #[test]
