@@ -75,18 +75,19 @@ pub fn parse_each<'a>(
     Err("no trailer (truncated file)".into())
 }
 
-/// [`str::lines`], with one SIMD newline scan over the whole text (std's per-line search set-up
-/// was a measurable part of reading a pool of thousands of lines).
+/// [`str::lines`], searching newlines with a SIMD searcher built once (std's per-line search
+/// set-up was a measurable part of reading a pool of thousands of lines).
 fn lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut newlines = memchr::memchr_iter(b'\n', text.as_bytes());
+    let newline = NewlineFinder::new();
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= text.len() {
             return None;
         }
-        Some(match newlines.next() {
+        Some(match newline.find(&text.as_bytes()[start..]) {
             // A line ending is "\n" or "\r\n"; a "\r" without "\n" is part of the line.
-            Some(end) => {
+            Some(offset) => {
+                let end = start + offset;
                 let line = &text[start..end];
                 start = end + 1;
                 line.strip_suffix('\r').unwrap_or(line)
@@ -98,6 +99,32 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
             }
         })
     })
+}
+
+/// The newline search: memchr's SSE2 searcher on x86_64 (SSE2 is part of its baseline, so
+/// nothing is detected at run time), its portable one elsewhere. Not `memchr::memchr_iter`:
+/// its first call runs std's CPU feature detection to pick AVX2, a dozen CPUID instructions,
+/// each a VM exit on a virtual machine: ~4% of a whole weft-ipam exec here (`perf record`).
+struct NewlineFinder {
+    #[cfg(target_arch = "x86_64")]
+    one: memchr::arch::x86_64::sse2::memchr::One,
+    #[cfg(not(target_arch = "x86_64"))]
+    one: memchr::arch::all::memchr::One,
+}
+
+impl NewlineFinder {
+    fn new() -> NewlineFinder {
+        #[cfg(target_arch = "x86_64")]
+        let one = memchr::arch::x86_64::sse2::memchr::One::new(b'\n')
+            .expect("SSE2 is part of the x86_64 baseline");
+        #[cfg(not(target_arch = "x86_64"))]
+        let one = memchr::arch::all::memchr::One::new(b'\n');
+        NewlineFinder { one }
+    }
+
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        self.one.find(haystack)
+    }
 }
 
 #[cfg(test)]
