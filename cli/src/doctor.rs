@@ -327,7 +327,7 @@ fn files(node: &Node, out: &mut Vec<Check>) {
         let unreadable = sriov.iter().filter(|r| r.record.is_err()).count();
         out.push(records_check(
             "weft-sriov",
-            state::sriov_store(node).dir(),
+            node.sriov_store().dir(),
             sriov.len(),
             stale,
             unreadable,

@@ -171,7 +171,7 @@ fn reclaim_sriov(
             dead.insert(r.key.clone());
             format!("would reclaim: {}", live.as_str())
         } else {
-            match weft_sriov::reclaim(state::sriov_store(node), &r.key) {
+            match weft_sriov::reclaim(node.sriov_store(), &r.key) {
                 Ok(()) => {
                     dead.insert(r.key.clone());
                     format!("reclaimed: {}, VF restored", live.as_str())

@@ -73,6 +73,10 @@ impl Node {
         kmesh_cni::record::store(&self.state_dir.join(kmesh_cni::PLUGIN_NAME))
     }
 
+    pub fn sriov_store(&self) -> host::RecordStore {
+        host::RecordStore::new(self.state_dir.join(weft_sriov::PLUGIN_NAME))
+    }
+
     pub fn ipam_dir(&self) -> PathBuf {
         self.state_dir.join("weft-ipam")
     }

@@ -61,15 +61,10 @@ pub fn kmesh_records(node: &Node) -> Vec<KmeshRecord> {
     read_all(&store, keys)
 }
 
-/// weft-sriov's record store on this node.
-pub fn sriov_store(node: &Node) -> host::RecordStore {
-    host::RecordStore::new(node.state_dir.join(weft_sriov::PLUGIN_NAME))
-}
-
 /// Every weft-sriov record, network by network (its per-VF owner files live in `_vf`, which
 /// is not a network name, so they are not listed).
 pub fn sriov_records(node: &Node) -> Vec<SriovRecord> {
-    let store = sriov_store(node);
+    let store = node.sriov_store();
     read_all(&store, store.all_keys().unwrap_or_default())
 }
 
@@ -77,11 +72,11 @@ pub fn sriov_records(node: &Node) -> Vec<SriovRecord> {
 /// netns (its cookie; a path can be reused by a new pod).
 pub fn sriov_liveness(r: &weft_sriov::record::Record) -> Liveness {
     if !host::netns_exists(&r.netns) {
-        return Liveness::NetnsGone;
-    }
-    match host::netns_cookie(&r.netns) {
-        Ok(c) if c == r.netns_cookie => Liveness::Alive,
-        _ => Liveness::NetnsReplaced,
+        Liveness::NetnsGone
+    } else if r.netns_alive() {
+        Liveness::Alive
+    } else {
+        Liveness::NetnsReplaced
     }
 }
 
@@ -232,7 +227,7 @@ impl Usage {
 }
 
 pub fn usage(node: &Node) -> Usage {
-    let sriov_records = sriov_store(node).all_keys().map_or(0, |k| k.len());
+    let sriov_records = node.sriov_store().all_keys().map_or(0, |k| k.len());
     Usage {
         kmesh_records: kmesh_records(node).len(),
         ipam_reservations: ipam_pools(node)

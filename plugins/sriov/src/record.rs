@@ -79,7 +79,18 @@ pub struct Record {
     pub pf_settings: Vec<VfSetting>,
 }
 
+/// `netns` still exists and is the netns whose cookie ADD recorded (a path can be reused by
+/// another pod's netns).
+fn netns_is_still(netns: &Path, cookie: u64) -> bool {
+    host::netns_cookie(netns).is_ok_and(|c| c == cookie)
+}
+
 impl Record {
+    /// The pod's netns still exists and is still the pod's (the same check as [`VfOwner::alive`]).
+    pub fn netns_alive(&self) -> bool {
+        netns_is_still(&self.netns, self.netns_cookie)
+    }
+
     /// The VF's netdev as the pod sees it (`CNI_IFNAME`), or the DPDK driver it is bound to.
     pub fn device(&self) -> String {
         match &self.mode {
@@ -122,7 +133,7 @@ impl VfOwner {
 
     /// The owner's netns still exists and is still the same netns (not a reused path).
     pub fn alive(&self) -> bool {
-        host::netns_cookie(&self.netns).is_ok_and(|c| c == self.netns_cookie)
+        netns_is_still(&self.netns, self.netns_cookie)
     }
 }
 
