@@ -303,34 +303,19 @@ fn files(node: &Node, out: &mut Vec<Check>) {
         },
     }
     // State.
-    let records = state::kmesh_records(node);
-    let stale = records
-        .iter()
-        .filter(|r| matches!(&r.record, Ok(rec) if state::liveness(rec) != Liveness::Alive))
-        .count();
-    let unreadable = records.iter().filter(|r| r.record.is_err()).count();
     out.push(records_check(
         "kmesh-cni",
-        node.kmesh_store().dir(),
-        records.len(),
-        stale,
-        unreadable,
+        &node.kmesh_store(),
+        &state::kmesh_records(node),
+        state::liveness,
     ));
     let sriov = state::sriov_records(node);
     if !sriov.is_empty() {
-        let stale = sriov
-            .iter()
-            .filter(
-                |r| matches!(&r.record, Ok(rec) if state::sriov_liveness(rec) != Liveness::Alive),
-            )
-            .count();
-        let unreadable = sriov.iter().filter(|r| r.record.is_err()).count();
         out.push(records_check(
             "weft-sriov",
-            node.sriov_store().dir(),
-            sriov.len(),
-            stale,
-            unreadable,
+            &node.sriov_store(),
+            &sriov,
+            state::sriov_liveness,
         ));
     }
     let pools = state::ipam_pools(node);
@@ -430,20 +415,25 @@ pub fn blocking(checks: &[Check]) -> bool {
 }
 
 /// One plugin's records: every pod alive, or how many are stale or unreadable.
-fn records_check(
+fn records_check<T>(
     plugin: &str,
-    dir: &std::path::Path,
-    total: usize,
-    stale: usize,
-    unreadable: usize,
+    store: &host::RecordStore,
+    records: &[state::Stored<T>],
+    liveness: impl Fn(&T) -> Liveness,
 ) -> Check {
+    let stale = records
+        .iter()
+        .filter(|r| matches!(&r.record, Ok(rec) if liveness(rec) != Liveness::Alive))
+        .count();
+    let unreadable = records.iter().filter(|r| r.record.is_err()).count();
+    let total = records.len();
     if stale == 0 && unreadable == 0 {
         check(
             Verdict::Ok,
             "records",
             format!(
                 "{total} {plugin} record(s) in {}, every pod alive",
-                dir.display()
+                store.dir().display()
             ),
         )
     } else {

@@ -9,8 +9,9 @@
 //!   only while the VF is still this attachment's).
 //! - weft-ipam: a reservation names only `(network, containerID, ifname)`, nothing that proves
 //!   the pod is gone. It is freed only with proof: the kmesh-cni or weft-sriov record of the
-//!   same attachment was just reclaimed because its pod is gone. Every other reservation is reported and kept
-//!   (the runtime's own CNI GC, which knows the valid attachments, frees the rest per network).
+//!   same attachment was just reclaimed because its pod is gone. Every other reservation is
+//!   reported and kept (the runtime's own CNI GC, which knows the valid attachments, frees the
+//!   rest per network).
 //!   Nothing of another network is touched: a reservation is freed only under its own owner.
 
 use crate::node::Node;
@@ -34,9 +35,12 @@ impl std::fmt::Display for Item {
 }
 
 pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
-    let mut items = Vec::new();
-    let mut ok = true;
-    let mut dead: HashSet<AttachmentKey> = HashSet::new();
+    let mut gc = Gc {
+        dry_run,
+        items: Vec::new(),
+        ok: true,
+        dead: HashSet::new(),
+    };
     let store = node.kmesh_store();
     let _lock = if store.dir().exists() {
         Some(
@@ -48,53 +52,35 @@ pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
         None
     };
     let configured = node.bpf_root();
-    for r in state::kmesh_records(node) {
-        let what = format!("{} ({})", r.key, net_or_legacy(&r.key));
-        let rec = match &r.record {
-            Ok(rec) => rec,
-            Err(e) => {
-                items.push(Item {
-                    plugin: "kmesh-cni",
-                    what,
-                    action: format!("kept: unreadable record ({e})"),
-                });
-                continue;
-            }
-        };
-        let live = state::liveness(rec);
-        if live == Liveness::Alive {
-            items.push(Item {
-                plugin: "kmesh-cni",
-                what,
-                action: "kept: pod alive".into(),
-            });
-            continue;
-        }
-        let action = if dry_run {
-            format!("would reclaim: {}", live.as_str())
-        } else {
-            match kmesh_cni::fastpath::detach(&store, &r.key, &configured, rec) {
-                Ok(()) => {
-                    dead.insert(r.key.clone());
-                    format!("reclaimed: {}", live.as_str())
-                }
-                Err(e) => {
-                    ok = false;
-                    format!("FAILED to reclaim ({}): {}", live.as_str(), e)
-                }
-            }
-        };
-        if dry_run {
-            dead.insert(r.key.clone());
-        }
-        items.push(Item {
-            plugin: "kmesh-cni",
-            what,
-            action,
-        });
-    }
+    gc.reclaim(
+        "kmesh-cni",
+        state::kmesh_records(node),
+        |_| String::new(),
+        state::liveness,
+        |key, rec| {
+            kmesh_cni::fastpath::detach(&store, key, &configured, rec)
+                .map(|()| String::new())
+                .map_err(|e| e.to_string())
+        },
+    );
     drop(_lock);
-    ok &= reclaim_sriov(node, dry_run, &mut items, &mut dead);
+    gc.reclaim(
+        "weft-sriov",
+        state::sriov_records(node),
+        |rec| format!(" VF {}", rec.pci),
+        state::sriov_liveness,
+        |key, _| {
+            weft_sriov::reclaim(node.sriov_store(), key)
+                .map(|()| ", VF restored".to_string())
+                .map_err(|e| e.to_string())
+        },
+    );
+    let Gc {
+        mut items,
+        mut ok,
+        dead,
+        ..
+    } = gc;
     for pool in state::ipam_pools(node) {
         let Ok(reservations) = &pool.reservations else {
             items.push(Item {
@@ -141,54 +127,66 @@ pub fn run(node: &Node, dry_run: bool) -> Result<(Vec<Item>, bool)> {
     Ok((items, ok))
 }
 
-/// weft-sriov's records: the VF of every attachment whose pod is gone is taken back. Returns
-/// false when one could not be.
-fn reclaim_sriov(
-    node: &Node,
+/// One gc pass: what it did, whether everything it tried worked, and the attachments just proven
+/// gone (the proof that frees their weft-ipam addresses).
+struct Gc {
     dry_run: bool,
-    items: &mut Vec<Item>,
-    dead: &mut HashSet<AttachmentKey>,
-) -> bool {
-    let mut ok = true;
-    for r in state::sriov_records(node) {
-        let what = format!("{} ({})", r.key, net_or_legacy(&r.key));
-        let rec = match &r.record {
-            Ok(rec) => rec,
-            Err(e) => {
-                items.push(Item {
-                    plugin: "weft-sriov",
-                    what,
-                    action: format!("kept: unreadable record ({e})"),
-                });
-                continue;
-            }
-        };
-        let what = format!("{what} VF {}", rec.pci);
-        let live = state::sriov_liveness(rec);
-        let action = if live == Liveness::Alive {
-            "kept: pod alive".to_string()
-        } else if dry_run {
-            dead.insert(r.key.clone());
-            format!("would reclaim: {}", live.as_str())
-        } else {
-            match weft_sriov::reclaim(node.sriov_store(), &r.key) {
-                Ok(()) => {
-                    dead.insert(r.key.clone());
-                    format!("reclaimed: {}, VF restored", live.as_str())
-                }
+    items: Vec<Item>,
+    ok: bool,
+    dead: HashSet<AttachmentKey>,
+}
+
+impl Gc {
+    /// One plugin's records: each whose pod is gone is undone by `undo` (the plugin's own DEL
+    /// path; `Ok` carries what to add to "reclaimed: …"), and its key becomes proof for freeing
+    /// its addresses. `detail` adds to the item's name what only a readable record knows.
+    fn reclaim<T>(
+        &mut self,
+        plugin: &'static str,
+        records: Vec<state::Stored<T>>,
+        detail: impl Fn(&T) -> String,
+        liveness: impl Fn(&T) -> Liveness,
+        mut undo: impl FnMut(&AttachmentKey, &T) -> std::result::Result<String, String>,
+    ) {
+        for r in records {
+            let what = format!("{} ({})", r.key, net_or_legacy(&r.key));
+            let rec = match &r.record {
+                Ok(rec) => rec,
                 Err(e) => {
-                    ok = false;
-                    format!("FAILED to reclaim ({}): {}", live.as_str(), e)
+                    self.items.push(Item {
+                        plugin,
+                        what,
+                        action: format!("kept: unreadable record ({e})"),
+                    });
+                    continue;
                 }
-            }
-        };
-        items.push(Item {
-            plugin: "weft-sriov",
-            what,
-            action,
-        });
+            };
+            let what = format!("{what}{}", detail(rec));
+            let live = liveness(rec);
+            let action = if live == Liveness::Alive {
+                "kept: pod alive".to_string()
+            } else if self.dry_run {
+                self.dead.insert(r.key.clone());
+                format!("would reclaim: {}", live.as_str())
+            } else {
+                match undo(&r.key, rec) {
+                    Ok(done) => {
+                        self.dead.insert(r.key.clone());
+                        format!("reclaimed: {}{done}", live.as_str())
+                    }
+                    Err(e) => {
+                        self.ok = false;
+                        format!("FAILED to reclaim ({}): {e}", live.as_str())
+                    }
+                }
+            };
+            self.items.push(Item {
+                plugin,
+                what,
+                action,
+            });
+        }
     }
-    ok
 }
 
 fn net_or_legacy(key: &AttachmentKey) -> String {

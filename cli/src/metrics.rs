@@ -168,7 +168,9 @@ pub fn render(node: &Node, agent: &Agent) -> String {
     }
     for r in state::kmesh_records(node) {
         let net = r.key.network().unwrap_or("(legacy)").to_owned();
-        *records.entry(("kmesh-cni", net.clone())).or_default() += 1;
+        *records
+            .entry((kmesh_cni::PLUGIN_NAME, net.clone()))
+            .or_default() += 1;
         if let Ok(rec) = &r.record {
             let mode = serde_json::to_value(rec.mode)
                 .ok()
