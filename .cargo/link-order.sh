@@ -15,8 +15,10 @@
 # `cargo rustc -p weft-ipam` names weft-ipam's own functions differently from the shipped
 # `--workspace` build and a list made from it orders only std's and glibc's functions), keeping
 # their symbol tables (Cargo.toml: strip = "debuginfo"). Each is run under valgrind's callgrind
-# through the verbs a runtime execs, and every function callgrind saw is listed, sorted by name. Needs valgrind, the Debian reference plugins (bridge, host-local),
-# a bpffs at /sys/fs/bpf and root (kmesh-cni attaches to a real veth in a throwaway netns).
+# through the verbs a runtime execs, and every function callgrind saw is listed in the order the
+# verbs first need it (see below). Needs valgrind, the Debian reference plugins (bridge,
+# host-local), a bpffs at /sys/fs/bpf and root (kmesh-cni attaches to a real veth in a throwaway
+# netns).
 set -euo pipefail
 export LC_ALL=C # one collation for sort and comm
 

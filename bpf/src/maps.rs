@@ -43,12 +43,36 @@ pub struct Maps {
     pinned_ids: Vec<(&'static str, u32)>,
 }
 
-/// Every map the object defines; all of them pinned means nothing needs creating.
-const MAP_NAMES: [&str; 4] = [
-    layout::MAP_ENDPOINTS,
-    layout::MAP_DEVICES,
-    layout::MAP_COUNTERS,
-    layout::MAP_MANAGED,
+/// Key size, value size and capacity of a map.
+type MapLayout = (usize, usize, u32);
+
+/// Every map the object defines, with its layout in this build's header; all of them pinned
+/// means nothing needs creating.
+const MAPS: [(&str, MapLayout); 4] = [
+    (
+        layout::MAP_ENDPOINTS,
+        (
+            size_of::<EndpointKey>(),
+            size_of::<Endpoint>(),
+            layout::ENDPOINTS_MAX,
+        ),
+    ),
+    (
+        layout::MAP_DEVICES,
+        (size_of::<u32>(), size_of::<Device>(), layout::DEVICES_MAX),
+    ),
+    (
+        layout::MAP_COUNTERS,
+        (
+            size_of::<u32>(),
+            size_of::<Counters>(),
+            layout::COUNTERS_MAX,
+        ),
+    ),
+    (
+        layout::MAP_MANAGED,
+        (size_of::<u64>(), size_of::<Managed>(), layout::MANAGED_MAX),
+    ),
 ];
 
 impl Maps {
@@ -64,10 +88,10 @@ impl Maps {
         legacy::move_aside(root)?;
         // Every pinned map is opened once: its layout is checked on the fd the maps then use.
         let pinned = open_pinned_maps(root)?;
-        let pinned_ids: Vec<(&'static str, u32)> = MAP_NAMES
+        let pinned_ids: Vec<(&'static str, u32)> = MAPS
             .iter()
             .zip(&pinned)
-            .filter_map(|(name, p)| p.as_ref().map(|(_, id)| (*name, *id)))
+            .filter_map(|((name, _), p)| p.as_ref().map(|(_, id)| (*name, *id)))
             .collect();
 
         let map_err = |map: &'static str| move |source| Error::Map { map, source };
@@ -276,32 +300,12 @@ fn pinned_map_info(root: &PinRoot, name: &'static str) -> Result<Option<MapInfo>
         .map_err(|source| Error::Map { map: name, source })
 }
 
-/// Key size, value size and capacity of map `name` in this build's header.
-fn expected_layout(name: &str) -> (usize, usize, u32) {
-    use std::mem::size_of;
-    match name {
-        layout::MAP_ENDPOINTS => (
-            size_of::<EndpointKey>(),
-            size_of::<Endpoint>(),
-            layout::ENDPOINTS_MAX,
-        ),
-        layout::MAP_DEVICES => (size_of::<u32>(), size_of::<Device>(), layout::DEVICES_MAX),
-        layout::MAP_COUNTERS => (
-            size_of::<u32>(),
-            size_of::<Counters>(),
-            layout::COUNTERS_MAX,
-        ),
-        layout::MAP_MANAGED => (size_of::<u64>(), size_of::<Managed>(), layout::MANAGED_MAX),
-        other => unreachable!("no map {other} in this build"),
-    }
-}
-
-/// Each of [`MAP_NAMES`] opened from its pin with its kernel id (`None`: not pinned). Pins
+/// Each of [`MAPS`] opened from its pin with its kernel id (`None`: not pinned). Pins
 /// whose key/value sizes or capacity differ from this build's header are refused
 /// ([`Error::StaleMap`]) rather than used, also when only some maps are pinned: the loader
 /// would reuse those pins by name.
 fn open_pinned_maps(root: &PinRoot) -> Result<[Option<(MapData, u32)>; 4]> {
-    let open = |name: &'static str| -> Result<Option<(MapData, u32)>> {
+    let open = |(name, expected): (&'static str, MapLayout)| -> Result<Option<(MapData, u32)>> {
         let path = root.path().join(name);
         let err = |source| Error::Map { map: name, source };
         let data = match MapData::from_pin(&path) {
@@ -315,7 +319,6 @@ fn open_pinned_maps(root: &PinRoot) -> Result<[Option<(MapData, u32)>; 4]> {
             info.value_size() as usize,
             info.max_entries(),
         );
-        let expected = expected_layout(name);
         if got != expected {
             return Err(Error::StaleMap {
                 path,
@@ -324,11 +327,12 @@ fn open_pinned_maps(root: &PinRoot) -> Result<[Option<(MapData, u32)>; 4]> {
         }
         Ok(Some((data, info.id())))
     };
+    let [endpoints, devices, counters, managed] = MAPS;
     Ok([
-        open(MAP_NAMES[0])?,
-        open(MAP_NAMES[1])?,
-        open(MAP_NAMES[2])?,
-        open(MAP_NAMES[3])?,
+        open(endpoints)?,
+        open(devices)?,
+        open(counters)?,
+        open(managed)?,
     ])
 }
 

@@ -78,7 +78,7 @@ pub fn parse_each<'a>(
 /// [`str::lines`], searching newlines with a SIMD searcher built once (std's per-line search
 /// set-up was a measurable part of reading a pool of thousands of lines).
 fn lines(text: &str) -> impl Iterator<Item = &str> {
-    let newline = NewlineFinder::new();
+    let newline = newline_finder();
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= text.len() {
@@ -105,26 +105,15 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 /// nothing is detected at run time), its portable one elsewhere. Not `memchr::memchr_iter`:
 /// its first call runs std's CPU feature detection to pick AVX2, a dozen CPUID instructions,
 /// each a VM exit on a virtual machine: ~4% of a whole weft-ipam exec here (`perf record`).
-struct NewlineFinder {
-    #[cfg(target_arch = "x86_64")]
-    one: memchr::arch::x86_64::sse2::memchr::One,
-    #[cfg(not(target_arch = "x86_64"))]
-    one: memchr::arch::all::memchr::One,
+#[cfg(target_arch = "x86_64")]
+fn newline_finder() -> memchr::arch::x86_64::sse2::memchr::One {
+    memchr::arch::x86_64::sse2::memchr::One::new(b'\n')
+        .expect("SSE2 is part of the x86_64 baseline")
 }
 
-impl NewlineFinder {
-    fn new() -> NewlineFinder {
-        #[cfg(target_arch = "x86_64")]
-        let one = memchr::arch::x86_64::sse2::memchr::One::new(b'\n')
-            .expect("SSE2 is part of the x86_64 baseline");
-        #[cfg(not(target_arch = "x86_64"))]
-        let one = memchr::arch::all::memchr::One::new(b'\n');
-        NewlineFinder { one }
-    }
-
-    fn find(&self, haystack: &[u8]) -> Option<usize> {
-        self.one.find(haystack)
-    }
+#[cfg(not(target_arch = "x86_64"))]
+fn newline_finder() -> memchr::arch::all::memchr::One {
+    memchr::arch::all::memchr::One::new(b'\n')
 }
 
 #[cfg(test)]
