@@ -115,8 +115,10 @@ pub struct VethPair {
 }
 
 /// The veth `ifname` inside `netns` and its host-side peer, looked up in the caller's netns.
-/// One thread enters `netns` once for everything read there (the link and the netns cookie):
-/// a CNI plugin pays for each entry with a thread and a netlink socket.
+/// Everything runs on the calling thread with one tokio runtime: the sockets read in `netns`
+/// (a netlink socket and the one the netns cookie is read from) are created there by
+/// [`netns::sockets_in_netns`], so no thread enters the pod's namespace: a plugin execs per pod
+/// and verb, and pays for a netns thread and a second runtime every time (issue 12).
 ///
 /// The container end's `IFLA_LINK` is the peer's ifindex in another netns. ifindexes are per
 /// netns, so a link with that index in the host is only accepted when it is a veth whose own
@@ -130,40 +132,47 @@ pub fn find_veth_pair(netns: &Path, ifname: &str) -> Result<Option<VethPair>, Ho
         return Ok(None);
     }
     let name = ifname.to_owned();
-    let (inner, netns_cookie) = run_in_netns(netns, move || -> Result<_, HostError> {
-        let inner = block_on_here(move |h| async move { get_by_name(&h, &name).await })?;
-        Ok((inner, netns::current_netns_cookie().ok()))
-    })??;
-    let Some(inner) = inner else {
-        return Ok(None);
-    };
-    if !inner.is_veth() {
-        return Err(HostError::NotVeth {
-            name: inner.name,
-            kind: inner.kind,
-        });
-    }
-    let (Some(peer_index), Some(_)) = (inner.peer_index, inner.link_netnsid) else {
-        // No peer netns id: both ends live in `netns`.
-        return Ok(None);
-    };
-    let inner_index = inner.index;
-    let host = netlink(None, move |h| async move {
+    netlink(None, move |h| async move {
+        // The socket registers with this runtime's reactor, so it is made inside it.
+        let (pod_socket, netns_cookie) = netns::sockets_in_netns(&ns_file, netns, || {
+            (
+                rtnetlink::new_connection(),
+                netns::current_netns_cookie().ok(),
+            )
+        })?;
+        let (pod_conn, pod, _) = pod_socket.map_err(|e| HostError::io("netlink socket", e))?;
+        let pod_conn = tokio::spawn(pod_conn);
+        let inner = get_by_name(&pod, &name).await;
+        pod_conn.abort();
+        let Some(inner) = inner? else {
+            return Ok(None);
+        };
+        if !inner.is_veth() {
+            return Err(HostError::NotVeth {
+                name: inner.name,
+                kind: inner.kind,
+            });
+        }
+        let (Some(peer_index), Some(_)) = (inner.peer_index, inner.link_netnsid) else {
+            // No peer netns id: both ends live in `netns`.
+            return Ok(None);
+        };
         let Some(host) = get_by_index(&h, peer_index).await? else {
             return Ok(None);
         };
-        if !host.is_veth() || host.peer_index != Some(inner_index) || host.link_netnsid.is_none() {
+        if !host.is_veth() || host.peer_index != Some(inner.index) || host.link_netnsid.is_none() {
             return Ok(None);
         }
         // Dumping `host` made the kernel assign an nsid to the peer netns if it had none.
         let nsid = nsid_of_fd(&h, ns_file.as_raw_fd()).await?;
-        Ok((nsid.is_some() && host.link_netnsid == nsid).then_some(host))
-    })?;
-    Ok(host.map(|host| VethPair {
-        inside: inner,
-        host,
-        netns_cookie,
-    }))
+        Ok(
+            (nsid.is_some() && host.link_netnsid == nsid).then_some(VethPair {
+                inside: inner,
+                host,
+                netns_cookie,
+            }),
+        )
+    })
 }
 
 /// Runs async netlink work `f` with a fresh rtnetlink handle, inside `netns` when given.

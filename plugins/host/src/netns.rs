@@ -2,8 +2,11 @@
 //!
 //! `setns(CLONE_NEWNET)` changes the namespace of the calling *thread* only. Entering and then
 //! restoring on a shared thread risks leaking the pod's namespace into unrelated code when the
-//! restore fails, and a tokio worker could run other tasks in between. So every entry happens on
-//! a fresh thread that exits when the closure returns: there is nothing to restore.
+//! restore fails, and a tokio worker could run other tasks in between. So code that does work
+//! inside a namespace runs on a fresh thread that exits when the closure returns: there is
+//! nothing to restore ([`run_in_netns`]). The one exception is creating sockets
+//! ([`sockets_in_netns`]): a socket keeps its namespace, the window holds no other code, and a
+//! failed return aborts the process.
 //!
 //! Netns paths seen in the wild: `/var/run/netns/cni-<uuid>` (containerd), `/var/run/netns/<uuid>`
 //! (CRI-O), `/proc/<pid>/ns/net` (podman rootful, tests). All are opened the same way.
@@ -88,6 +91,37 @@ where
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Runs `f`, which only creates sockets, on the calling thread inside the namespace `netns`
+/// (opened with [`open_netns`]; `path` names it in errors), then puts the thread back in its
+/// own namespace.
+///
+/// A socket belongs to the namespace it was created in for its whole life, so a netlink socket
+/// made here talks to the pod's namespace from any thread. That spares a plugin the thread
+/// [`run_in_netns`] costs (a clone, a stack, a malloc arena, a second tokio runtime). The
+/// thread is in the pod's namespace only while `f` runs, and `f` must create sockets and do
+/// nothing else: nothing that blocks, yields or spawns, so no other code ever runs there. If the
+/// thread cannot return to its own namespace the process aborts rather than carry on in the
+/// pod's.
+pub fn sockets_in_netns<T>(
+    netns: &File,
+    path: &Path,
+    f: impl FnOnce() -> T,
+) -> Result<T, HostError> {
+    let own =
+        File::open("/proc/thread-self/ns/net").map_err(|e| HostError::io("open own netns", e))?;
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(|source| HostError::Setns {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = f();
+    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNET) {
+        // Nothing was changed in either namespace yet; going on would act in the pod's.
+        eprintln!("weft: cannot return to the host network namespace ({e}); aborting");
+        std::process::abort();
+    }
+    Ok(value)
 }
 
 /// Runs `f` on a new thread inside a brand-new, empty network namespace that disappears when

@@ -283,6 +283,63 @@ fn run_in_netns_enters_only_its_own_thread() {
     assert_eq!(found.as_deref(), Some("eth0"));
 }
 
+/// The calling thread creates a socket inside the pod's namespace and is back in its own
+/// namespace afterwards; the socket stays in the pod's (so netlink on it sees the pod's links).
+/// `SO_NETNS_COOKIE` of a socket: the namespace it was created in.
+fn socket_netns_cookie(socket: &impl AsRawFd) -> u64 {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the option value points at a u64 and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            71, // SO_NETNS_COOKIE
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(SO_NETNS_COOKIE)");
+    cookie
+}
+
+#[test]
+fn sockets_in_netns_returns_the_thread_to_its_namespace() {
+    if !prerequisites("sockets_in_netns_returns_the_thread_to_its_namespace") {
+        return;
+    }
+    let ns = TestNetns::new("wht-sock");
+    let before = netns::current_netns_cookie().unwrap();
+    let file = netns::open_netns(ns.path()).unwrap();
+    let (socket, inside) = netns::sockets_in_netns(&file, ns.path(), || {
+        let raw = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        );
+        (raw, netns::current_netns_cookie())
+    })
+    .unwrap();
+    let socket = socket.unwrap();
+    assert_eq!(inside.unwrap(), netns_cookie(ns.path()).unwrap());
+    assert_eq!(
+        netns::current_netns_cookie().unwrap(),
+        before,
+        "the thread is back in its own netns"
+    );
+    assert_eq!(
+        socket_netns_cookie(&socket),
+        netns_cookie(ns.path()).unwrap(),
+        "the socket stays inside"
+    );
+
+    // A file that is no netns cannot be entered: an error, and the thread stays where it was.
+    let not_ns = File::open("/proc/self/status").unwrap();
+    assert!(netns::sockets_in_netns(&not_ns, Path::new("/proc/self/status"), || ()).is_err());
+    assert_eq!(netns::current_netns_cookie().unwrap(), before);
+}
+
 #[test]
 fn deleted_netns_is_netns_missing() {
     if !prerequisites("deleted_netns_is_netns_missing") {
