@@ -13,6 +13,11 @@
 //! kmesh-cni with the floor, both timed around their own two execs after the same bridge-alone
 //! ADD: kmesh-cni ADD and DEL exec'd as libcni would (with the bridge's result as prevResult)
 //! against one floor exec attaching to the pod's host veth and one detaching.
+//!
+//! The third table (P1-chain-direct) is the first one's question without its noise: kmesh-cni
+//! and tuning exec'd the same way, each with the same bridge result, alternating. The chain
+//! difference above subtracts two ~35 ms cnitool runs whose spread is larger than either
+//! plugin's share.
 
 use std::time::Duration;
 
@@ -217,26 +222,29 @@ fn floor_run(
     })
 }
 
-/// kmesh-cni's own share of one pod, timed as the floor is: kmesh-cni exec'd directly for ADD
-/// and DEL after a bridge pod's ADD, with the bridge's result as `prevResult`, as libcni would
-/// exec it. The chained extra above also carries libcni's per-plugin work and the run-to-run
-/// drift of two whole chains; this is the like-for-like figure against the floor.
-fn kmesh_direct_run(
+/// A chained plugin's own share of one pod, timed as the floor is: `plugin` exec'd directly
+/// for ADD and DEL after a bridge pod's ADD, with `conf` and the bridge's result as
+/// `prevResult`, as libcni would exec it in `network`. The chained extra above also carries
+/// libcni's per-plugin work and the run-to-run drift of two whole chains; this is the
+/// like-for-like figure against the floor and against tuning.
+fn direct_run(
     tool: &Cnitool,
     ns: &TestNetns,
-    kmesh: &std::path::Path,
-    plugin: &serde_json::Value,
+    plugin: &std::path::Path,
+    conf: &serde_json::Value,
+    network: &str,
     cni_path: &CniPath,
     iso: &Isolation,
 ) -> Result<f64> {
+    let what = plugin.display().to_string();
     around_bridge_pod(tool, ns, |result| {
-        let mut conf = plugin.clone();
+        let mut conf = conf.clone();
         conf["cniVersion"] = json!("1.0.0");
-        conf["name"] = json!(NET_KMESH);
+        conf["name"] = json!(network);
         conf["prevResult"] = result.clone();
         let stdin = serde_json::to_vec(&conf).expect("plain JSON");
-        timed_execs("kmesh-cni", &["ADD", "DEL"], &stdin, |verb| {
-            let mut cmd = std::process::Command::new(kmesh);
+        timed_execs(&what, &["ADD", "DEL"], &stdin, |verb| {
+            let mut cmd = std::process::Command::new(plugin);
             cmd.env_clear()
                 .env("CNI_COMMAND", verb)
                 .env("CNI_CONTAINERID", "weft-bench-direct")
@@ -273,7 +281,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
     let tuning_plugin = json!({"type": "tuning"});
     tool.write_conflist(&conflist(NET_BRIDGE, std::slice::from_ref(&main)));
     tool.write_conflist(&conflist(NET_KMESH, &[main.clone(), kmesh_plugin.clone()]));
-    tool.write_conflist(&conflist(NET_TUNING, &[main, tuning_plugin]));
+    tool.write_conflist(&conflist(NET_TUNING, &[main, tuning_plugin.clone()]));
     let ns = TestNetns::new("weft-bench-chain");
 
     let (checked, mode) = verify_attach(&tool, &ns, &iso)?;
@@ -315,11 +323,12 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
         &FLOOR_FIGURES,
         opts.pairs,
         || {
-            Ok(vec![kmesh_direct_run(
+            Ok(vec![direct_run(
                 &tool,
                 &ns,
                 &kmesh,
                 &kmesh_plugin,
+                NET_KMESH,
                 &cni_path,
                 &iso,
             )?])
@@ -341,5 +350,43 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
          pinned program, clsact + filter add / filter delete, or tcx link + pin / unpin)"
             .into(),
     ];
-    Ok(vec![table, floor_table])
+
+    let tuning = crate::plugins::reference_plugin("tuning");
+    let mut direct_table = bench::alternate(
+        "P1-chain-direct",
+        (
+            "kmesh-cni ADD + DEL exec'd directly after a bridge ADD (prevResult as libcni passes it)",
+            "tuning ADD + DEL exec'd the same way (Go reference, no settings)",
+        ),
+        &FLOOR_FIGURES,
+        opts.pairs,
+        || {
+            Ok(vec![direct_run(
+                &tool,
+                &ns,
+                &kmesh,
+                &kmesh_plugin,
+                NET_KMESH,
+                &cni_path,
+                &iso,
+            )?])
+        },
+        || {
+            Ok(vec![direct_run(
+                &tool,
+                &ns,
+                &tuning,
+                &tuning_plugin,
+                NET_TUNING,
+                &cni_path,
+                &iso,
+            )?])
+        },
+    )?;
+    direct_table.notes = vec![
+        "the chained plugin's own share of P1-chain's extra without libcni and without the \
+         drift of two whole chains: both exec'd by this harness with the same bridge result"
+            .into(),
+    ];
+    Ok(vec![table, floor_table, direct_table])
 }
