@@ -63,17 +63,21 @@ pub fn attach(
         netns_cookie: enrol_cookie,
     };
     store.write(key, &record)?;
+    crate::steps::mark("record-attaching");
     let result = (|| -> Result<()> {
         let mut maps = bpf::Maps::open_or_create(pin_root).map_err(KmeshError::bpf("open maps"))?;
+        crate::steps::mark("maps-open");
         // The device entry first: the program looks nothing up for a veth it cannot place
         // in a network, so until then it passes everything.
         maps.devices
             .insert(record.host_ifindex, &record.device())
             .map_err(KmeshError::bpf("insert device"))?;
+        crate::steps::mark("device-entry");
         record.attachment = Some(
             maps.attach(&record.host_veth, mode, &record.attach_key)
                 .map_err(KmeshError::bpf("attach"))?,
         );
+        crate::steps::mark("attach");
         for ep in &record.endpoints {
             maps.endpoints
                 .insert(record.network_id, ep.ip, &ep.to_bpf())
@@ -84,12 +88,15 @@ pub fn attach(
                 .insert(cookie, &record.managed())
                 .map_err(KmeshError::bpf("enrol"))?;
         }
+        crate::steps::mark("endpoint-entries");
         Ok(())
     })();
     match result {
         Ok(()) => {
             record.state = State::Attached;
-            match final_write(store, key, &record) {
+            let written = final_write(store, key, &record);
+            crate::steps::mark("record-attached");
+            match written {
                 Ok(()) => Ok(record),
                 // Everything is in place but the record cannot say so (a full disk): a failed
                 // ADD leaves nothing, so take it all back (the Attaching record on disk still
@@ -149,6 +156,7 @@ pub fn detach(
             remove_entries(&pin_root, record)?;
         }
     }
+    crate::steps::mark("map-entries");
     // The program itself must go whatever the pins say: a legacy tc filter lives on the veth,
     // not in bpffs, and nothing could find it again once the record is dropped.
     match &record.attachment {
@@ -157,7 +165,9 @@ pub fn detach(
         None => bpf::detach_key(&pin_root, &record.attach_key, Some(&record.host_veth)),
     }
     .map_err(KmeshError::bpf("detach"))?;
+    crate::steps::mark("detach");
     store.remove(key)?;
+    crate::steps::mark("record-removed");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod fastpath;
 pub mod features;
 pub mod pod;
 pub mod record;
+pub mod steps;
 
 use conf::{AttachmentKey, CniResult, Request, Verbs};
 use config::{FailurePolicy, KmeshConf};
@@ -67,19 +68,22 @@ fn key(req: &Request) -> Result<AttachmentKey> {
 impl KmeshCni {
     fn attach(&self, ctx: &Context, req: &Request, prev: &CniResult) -> Result<()> {
         let policy = ctx.conf.pod_policy(req)?;
-        let Some(mode) = features::choose(
+        let mode = features::choose(
             if policy.fast_path {
                 ctx.conf.mode
             } else {
                 config::Mode::Off
             },
             ctx.store.dir(),
-        )?
-        else {
+        )?;
+        steps::mark("features");
+        let Some(mode) = mode else {
             tracing::info!("fast path off for this pod");
             return Ok(());
         };
-        let pod = match pod::discover(req, prev)? {
+        let pod = pod::discover(req, prev)?;
+        steps::mark("discover");
+        let pod = match pod {
             Ok(pod) => pod,
             Err(why) => {
                 tracing::info!(%why, "passing through without a fast path");
@@ -104,6 +108,7 @@ impl KmeshCni {
         if let Some((old_key, old)) = ctx.store.find::<Record>(&key)? {
             fastpath::detach(&ctx.store, &old_key, &ctx.pin_root, &old)?;
         }
+        steps::mark("record-lookup");
         fastpath::attach(&ctx.store, &key, &ctx.pin_root, mode, &pod, cookie)?;
         Ok(())
     }
@@ -114,42 +119,50 @@ impl Verbs for KmeshCni {
     type Error = KmeshError;
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let prev = prev_result(req)?;
-        let ctx = Context::new(req)?;
-        match self.attach(&ctx, req, &prev) {
-            Ok(()) => Ok(prev),
-            Err(e) if ctx.conf.failure_policy == FailurePolicy::Ignore => {
-                tracing::warn!(error = %e, "fast path not attached (failurePolicy: ignore)");
-                Ok(prev)
+        steps::timed("ADD", || {
+            let prev = prev_result(req)?;
+            let ctx = Context::new(req)?;
+            steps::mark("config");
+            match self.attach(&ctx, req, &prev) {
+                Ok(()) => Ok(prev),
+                Err(e) if ctx.conf.failure_policy == FailurePolicy::Ignore => {
+                    tracing::warn!(error = %e, "fast path not attached (failurePolicy: ignore)");
+                    Ok(prev)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Undoes exactly what the record lists. DEL never fails for something already gone, nor
     /// on a missing or unreadable prevResult: a failing DEL stops the runtime from running the
     /// plugins after us, which is how addresses leak (cilium #8313).
     fn del(&self, req: &Request) -> Result<()> {
-        let ctx = Context::tolerant(req)?;
-        let key = key(req)?;
-        let _lock = ctx.store.lock()?;
-        match ctx.store.find::<Record>(&key) {
-            Ok(Some((stored, record))) => {
-                fastpath::detach(&ctx.store, &stored, &ctx.pin_root, &record)
+        steps::timed("DEL", || {
+            let ctx = Context::tolerant(req)?;
+            steps::mark("config");
+            let key = key(req)?;
+            let _lock = ctx.store.lock()?;
+            let found = ctx.store.find::<Record>(&key);
+            steps::mark("record-lookup");
+            match found {
+                Ok(Some((stored, record))) => {
+                    fastpath::detach(&ctx.store, &stored, &ctx.pin_root, &record)
+                }
+                Ok(None) => Ok(()),
+                Err(HostError::CorruptRecord { path, reason }) => {
+                    // The pod's host veth, if the pod is still there: its tc filter is ours.
+                    let host_veth = req.env.netns.as_deref().and_then(|netns| {
+                        host::find_veth_pair(netns, &req.env.ifname)
+                            .ok()
+                            .flatten()
+                            .map(|pair| pair.host.name)
+                    });
+                    discard_unreadable(&ctx, &key, host_veth.as_deref(), &path, &reason)
+                }
+                Err(e) => Err(e.into()),
             }
-            Ok(None) => Ok(()),
-            Err(HostError::CorruptRecord { path, reason }) => {
-                // The pod's host veth, if the pod is still there: its tc filter is ours.
-                let host_veth = req.env.netns.as_deref().and_then(|netns| {
-                    host::find_veth_pair(netns, &req.env.ifname)
-                        .ok()
-                        .flatten()
-                        .map(|pair| pair.host.name)
-                });
-                discard_unreadable(&ctx, &key, host_veth.as_deref(), &path, &reason)
-            }
-            Err(e) => Err(e.into()),
-        }
+        })
     }
 
     fn check(&self, req: &Request) -> Result<()> {

@@ -257,6 +257,83 @@ fn direct_run(
     })
 }
 
+/// Pods run for the steps note of the floor table.
+const STEP_PODS: usize = 20;
+
+/// Where kmesh-cni's share of a pod goes, step by step: `STEP_PODS` pods run as in
+/// [`direct_run`] with `logLevel: debug` (not timed: logging costs time), and the median of each
+/// step every ADD and DEL logged (kmesh-cni's `steps` module), in the order they ran.
+fn kmesh_steps(
+    tool: &Cnitool,
+    ns: &TestNetns,
+    kmesh: &std::path::Path,
+    plugin: &serde_json::Value,
+    cni_path: &CniPath,
+    iso: &Isolation,
+) -> Result<String> {
+    let logs = TempDir::with_prefix("weft-bench-steps-").context("log dir")?;
+    let log = logs.path().join("kmesh-cni.log");
+    let mut conf = plugin.clone();
+    conf["logLevel"] = json!("debug");
+    conf["logFile"] = json!(log);
+    for _ in 0..STEP_PODS {
+        direct_run(tool, ns, kmesh, &conf, NET_KMESH, cni_path, iso)?;
+    }
+    let text = std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+    let mut out = Vec::new();
+    for verb in ["ADD", "DEL"] {
+        let steps = step_medians(&text, verb);
+        ensure!(
+            !steps.is_empty(),
+            "kmesh-cni logged no steps for {verb}:\n{text}"
+        );
+        let total: u64 = steps.iter().map(|(_, us)| us).sum();
+        let list: Vec<String> = steps.iter().map(|(n, us)| format!("{n} {us}")).collect();
+        out.push(format!("{verb} {} (sum {total})", list.join(" · ")));
+    }
+    Ok(format!(
+        "kmesh-cni's own steps, median µs of {STEP_PODS} pods logged at debug level (after \
+         stdin is parsed; untimed pass): {}",
+        out.join("; ")
+    ))
+}
+
+/// The median of each step in the `time per step` lines of `verb`, in first-seen order.
+fn step_medians(log: &str, verb: &str) -> Vec<(String, u64)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let verb_field = [format!("verb=\"{verb}\""), format!("verb={verb} ")];
+    for line in log.lines().filter(|l| l.contains("time per step")) {
+        if !verb_field.iter().any(|f| line.contains(f.as_str())) {
+            continue;
+        }
+        let Some((_, steps)) = line.split_once("steps=") else {
+            continue;
+        };
+        for pair in steps.split_whitespace() {
+            let Some((name, us)) = pair.split_once('=') else {
+                continue;
+            };
+            let Ok(us) = us.trim_matches('"').parse::<u64>() else {
+                continue;
+            };
+            if !seen.contains_key(name) {
+                order.push(name.to_owned());
+            }
+            seen.entry(name.to_owned()).or_default().push(us);
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let mut v = seen.remove(&name).unwrap_or_default();
+            v.sort_unstable();
+            let median = v[v.len() / 2];
+            (name, median)
+        })
+        .collect()
+}
+
 pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
     ensure!(
         nix::unistd::geteuid().is_root(),
@@ -349,6 +426,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
          bridge ADD; floor = the smallest program doing kmesh-cni's kernel work (open the \
          pinned program, clsact + filter add / filter delete, or tcx link + pin / unpin)"
             .into(),
+        kmesh_steps(&tool, &ns, &kmesh, &kmesh_plugin, &cni_path, &iso)?,
     ];
 
     let tuning = crate::plugins::reference_plugin("tuning");
@@ -389,4 +467,34 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
             .into(),
     ];
     Ok(vec![table, floor_table, direct_table])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_medians;
+
+    #[test]
+    fn step_medians_read_kmesh_cni_debug_lines() {
+        let log = "\
+2026-12-01T08:16:05.478053Z DEBUG kmesh_cni::steps: time per step verb=\"ADD\" steps=config=122 discover=304 attach=1200
+2026-12-01T08:16:05.480257Z DEBUG kmesh_cni::steps: time per step verb=\"DEL\" steps=config=49 detach=72
+2026-12-01T08:16:05.481000Z  WARN kmesh_cni: something else entirely
+2026-12-01T08:16:05.482058Z DEBUG kmesh_cni::steps: time per step verb=\"ADD\" steps=config=57 discover=313 attach=137
+2026-12-01T08:16:05.483058Z DEBUG kmesh_cni::steps: time per step verb=\"ADD\" steps=config=60 discover=200 attach=140
+";
+        let add = step_medians(log, "ADD");
+        assert_eq!(
+            add,
+            [
+                ("config".to_owned(), 60),
+                ("discover".to_owned(), 304),
+                ("attach".to_owned(), 140)
+            ]
+        );
+        assert_eq!(
+            step_medians(log, "DEL"),
+            [("config".to_owned(), 49), ("detach".to_owned(), 72)]
+        );
+        assert!(step_medians(log, "CHECK").is_empty());
+    }
 }
