@@ -25,11 +25,22 @@ pub struct EtcdCluster {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("bind an ephemeral port")?
-        .local_addr()?
-        .port())
+    Ok(free_ports(1)?[0])
 }
+
+/// `n` loopback ports nothing listens on right now, all different: every one is held until all
+/// are chosen. (Ports taken one after another may repeat: a port released is free to be handed
+/// out again, and a cluster whose client and peer URLs share a port never becomes healthy.)
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// How often [`EtcdCluster::start_in`] starts a cluster afresh when a member exits during
+/// start-up: between choosing its ports and binding them, another process may take one.
+const START_ATTEMPTS: u32 = 3;
 
 impl EtcdCluster {
     /// The etcd server and etcdctl are installed (see [`crate::prereq::require`]).
@@ -46,6 +57,22 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`] with the members' data under `parent` (e.g. a tmpfs, to take
     /// etcd's own fsyncs out of a measurement).
     pub fn start_in(parent: &std::path::Path) -> Result<EtcdCluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(parent)? {
+                Ok(cluster) => return Ok(cluster),
+                Err(exited) if attempt < START_ATTEMPTS => {
+                    eprintln!("etcd: {exited}; starting the cluster again on other ports");
+                    attempt += 1;
+                }
+                Err(exited) => bail!("{exited} ({START_ATTEMPTS} attempts)"),
+            }
+        }
+    }
+
+    /// One start: `Ok(Err(why))` when a member exited before the cluster became healthy (worth
+    /// another try on new ports; everything started is killed on drop).
+    fn start_once(parent: &std::path::Path) -> Result<std::result::Result<EtcdCluster, String>> {
         for tool in ["etcd", "etcdctl"] {
             let p = crate::prereq::lookup(tool);
             ensure!(
@@ -60,10 +87,7 @@ impl EtcdCluster {
             .prefix("weft-etcd-")
             .tempdir_in(parent)
             .with_context(|| format!("etcd data dir in {}", parent.display()))?;
-        let mut ports = Vec::new();
-        for _ in 0..3 {
-            ports.push((free_port()?, free_port()?));
-        }
+        let ports: Vec<(u16, u16)> = free_ports(6)?.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -108,6 +132,15 @@ impl EtcdCluster {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.healthy() {
+            if let Some(i) = cluster.exited_member() {
+                let log = std::fs::read_to_string(cluster.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Ok(Err(format!(
+                    "member m{i} exited during start-up; its log ends:\n{}",
+                    tail.join("\n")
+                )));
+            }
             if Instant::now() > deadline {
                 let log =
                     std::fs::read_to_string(cluster.dir.path().join("m0.log")).unwrap_or_default();
@@ -119,7 +152,16 @@ impl EtcdCluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(cluster)
+        Ok(Ok(cluster))
+    }
+
+    /// The first member that was started and has exited since (reaped here).
+    fn exited_member(&mut self) -> Option<usize> {
+        self.members.iter_mut().position(|m| {
+            m.child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_some()))
+        })
     }
 
     /// Client URLs of every member, for `store.endpoints`.
@@ -340,6 +382,14 @@ impl Drop for EtcdCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 64, "{ports:?}");
+        assert!(ports.iter().all(|&p| p != 0));
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
