@@ -168,12 +168,17 @@ pub fn current_netns_cookie() -> Result<u64, HostError> {
     }
     // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    socket_netns_cookie(&sock)
+}
+
+/// The netns cookie of the namespace `socket` was created in (it keeps it for life).
+pub fn socket_netns_cookie(socket: &impl AsRawFd) -> Result<u64, HostError> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: the option value points at a u64 and `len` says so.
     let rc = unsafe {
         libc::getsockopt(
-            sock.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),

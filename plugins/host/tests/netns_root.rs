@@ -285,24 +285,6 @@ fn run_in_netns_enters_only_its_own_thread() {
 
 /// The calling thread creates a socket inside the pod's namespace and is back in its own
 /// namespace afterwards; the socket stays in the pod's (so netlink on it sees the pod's links).
-/// `SO_NETNS_COOKIE` of a socket: the namespace it was created in.
-fn socket_netns_cookie(socket: &impl AsRawFd) -> u64 {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the option value points at a u64 and `len` says so.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            71, // SO_NETNS_COOKIE
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt(SO_NETNS_COOKIE)");
-    cookie
-}
-
 #[test]
 fn sockets_in_netns_returns_the_thread_to_its_namespace() {
     if !prerequisites("sockets_in_netns_returns_the_thread_to_its_namespace") {
@@ -329,7 +311,7 @@ fn sockets_in_netns_returns_the_thread_to_its_namespace() {
         "the thread is back in its own netns"
     );
     assert_eq!(
-        socket_netns_cookie(&socket),
+        netns::socket_netns_cookie(&socket).unwrap(),
         netns_cookie(ns.path()).unwrap(),
         "the socket stays inside"
     );
