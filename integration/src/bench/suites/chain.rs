@@ -385,6 +385,18 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
         checked,
     ];
 
+    // kmesh-cni's side of the floor and direct tables: its own two execs after a bridge ADD.
+    let kmesh_direct = || {
+        Ok(vec![direct_run(
+            &tool,
+            &ns,
+            &kmesh,
+            &kmesh_plugin,
+            NET_KMESH,
+            &cni_path,
+            &iso,
+        )?])
+    };
     let floor = built_bin_dir().join("weft-attach-floor");
     ensure!(
         floor.is_file(),
@@ -399,17 +411,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
         ),
         &FLOOR_FIGURES,
         opts.pairs,
-        || {
-            Ok(vec![direct_run(
-                &tool,
-                &ns,
-                &kmesh,
-                &kmesh_plugin,
-                NET_KMESH,
-                &cni_path,
-                &iso,
-            )?])
-        },
+        kmesh_direct,
         || {
             Ok(vec![floor_run(
                 &tool,
@@ -438,17 +440,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Table>> {
         ),
         &FLOOR_FIGURES,
         opts.pairs,
-        || {
-            Ok(vec![direct_run(
-                &tool,
-                &ns,
-                &kmesh,
-                &kmesh_plugin,
-                NET_KMESH,
-                &cni_path,
-                &iso,
-            )?])
-        },
+        kmesh_direct,
         || {
             Ok(vec![direct_run(
                 &tool,
