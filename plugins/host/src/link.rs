@@ -140,11 +140,11 @@ pub fn find_veth_pair(netns: &Path, ifname: &str) -> Result<Option<VethPair>, Ho
                 netns::current_netns_cookie().ok(),
             )
         })?;
-        let (pod_conn, pod, _) = pod_socket.map_err(|e| HostError::io("netlink socket", e))?;
-        let pod_conn = tokio::spawn(pod_conn);
-        let inner = get_by_name(&pod, &name).await;
-        pod_conn.abort();
-        let Some(inner) = inner? else {
+        let inner = with_handle(
+            pod_socket,
+            |pod| async move { get_by_name(&pod, &name).await },
+        );
+        let Some(inner) = inner.await? else {
             return Ok(None);
         };
         if !inner.is_veth() {
@@ -208,15 +208,26 @@ where
         .enable_io()
         .build()
         .map_err(|e| HostError::io("tokio runtime", e))?;
-    rt.block_on(async move {
-        // The socket registers with the runtime's reactor, so it is created inside block_on.
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| HostError::io("netlink socket", e))?;
-        let conn = tokio::spawn(conn);
-        let r = f(handle).await;
-        conn.abort();
-        r
-    })
+    // The socket registers with the runtime's reactor, so it is created inside block_on.
+    rt.block_on(async move { with_handle(rtnetlink::new_connection(), f).await })
+}
+
+/// Runs `f` with the handle of a new rtnetlink connection (`socket`, as
+/// `rtnetlink::new_connection` returns it) whose task lives exactly as long as `f`.
+async fn with_handle<T, C, M, F, Fut>(
+    socket: std::io::Result<(C, Handle, M)>,
+    f: F,
+) -> Result<T, HostError>
+where
+    C: Future<Output = ()> + Send + 'static,
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, HostError>>,
+{
+    let (conn, handle, _) = socket.map_err(|e| HostError::io("netlink socket", e))?;
+    let conn = tokio::spawn(conn);
+    let r = f(handle).await;
+    conn.abort();
+    r
 }
 
 /// `ENODEV`: the kernel's answer to a get for a link that does not exist.

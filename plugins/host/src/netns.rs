@@ -100,10 +100,9 @@ where
 /// A socket belongs to the namespace it was created in for its whole life, so a netlink socket
 /// made here talks to the pod's namespace from any thread. That spares a plugin the thread
 /// [`run_in_netns`] costs (a clone, a stack, a malloc arena, a second tokio runtime). The
-/// thread is in the pod's namespace only while `f` runs, and `f` must create sockets and do
-/// nothing else: nothing that blocks, yields or spawns, so no other code ever runs there. If the
-/// thread cannot return to its own namespace the process aborts rather than carry on in the
-/// pod's.
+/// thread is in the pod's namespace only while `f` runs (it returns also when `f` panics), and
+/// `f` must create sockets and do nothing else: nothing that blocks, yields or spawns, so no
+/// other code ever runs there.
 pub fn sockets_in_netns<T>(
     netns: &File,
     path: &Path,
@@ -115,13 +114,22 @@ pub fn sockets_in_netns<T>(
         path: path.to_path_buf(),
         source,
     })?;
-    let value = f();
-    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNET) {
-        // Nothing was changed in either namespace yet; going on would act in the pod's.
-        eprintln!("weft: cannot return to the host network namespace ({e}); aborting");
-        std::process::abort();
+    let _back = ReturnTo(own);
+    Ok(f())
+}
+
+/// Puts the calling thread back into the namespace it holds when dropped. If the thread cannot
+/// return, the process aborts rather than carry on in the pod's namespace (only sockets were
+/// created there, so nothing is half done in either).
+struct ReturnTo(File);
+
+impl Drop for ReturnTo {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.0, CloneFlags::CLONE_NEWNET) {
+            tracing::error!(error = %e, "cannot return to the host network namespace: aborting");
+            std::process::abort();
+        }
     }
-    Ok(value)
 }
 
 /// Runs `f` on a new thread inside a brand-new, empty network namespace that disappears when

@@ -316,6 +316,13 @@ fn sockets_in_netns_returns_the_thread_to_its_namespace() {
         "the socket stays inside"
     );
 
+    // A panic inside the window unwinds through it: the thread is back all the same.
+    let panicked = std::panic::catch_unwind(|| {
+        netns::sockets_in_netns(&file, ns.path(), || panic!("inside")).unwrap()
+    });
+    assert!(panicked.is_err());
+    assert_eq!(netns::current_netns_cookie().unwrap(), before);
+
     // A file that is no netns cannot be entered: an error, and the thread stays where it was.
     let not_ns = File::open("/proc/self/status").unwrap();
     assert!(netns::sockets_in_netns(&not_ns, Path::new("/proc/self/status"), || ()).is_err());
