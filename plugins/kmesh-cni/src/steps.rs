@@ -1,6 +1,6 @@
 //! Where a verb's time goes: the duration of each step of one ADD or DEL, logged at debug level
 //! when the verb ends (`logLevel: debug`), e.g.
-//! `time per step verb="ADD" steps="config=48 features=22 discover=190 ..."` (µs).
+//! `time per step verb="ADD" steps=config=48 features=22 discover=190 ...` (µs).
 //!
 //! A slow pod start on one node is then answered from its log (a slow disk shows in the record
 //! steps, a busy netlink in discover), and `weft-bench chain` prints the medians beside the

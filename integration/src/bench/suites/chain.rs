@@ -298,39 +298,28 @@ fn kmesh_steps(
     ))
 }
 
-/// The median of each step in the `time per step` lines of `verb`, in first-seen order.
+/// The median of each step in the `time per step` lines of `verb`, in first-seen order. A line
+/// reads `... time per step verb="ADD" steps=config=75 features=32 ...` (kmesh-cni's `steps`).
 fn step_medians(log: &str, verb: &str) -> Vec<(String, u64)> {
-    let mut order: Vec<String> = Vec::new();
-    let mut seen: std::collections::HashMap<String, Vec<u64>> = Default::default();
-    let verb_field = [format!("verb=\"{verb}\""), format!("verb={verb} ")];
+    let verb_field = format!("verb=\"{verb}\" steps=");
+    let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
     for line in log.lines().filter(|l| l.contains("time per step")) {
-        if !verb_field.iter().any(|f| line.contains(f.as_str())) {
-            continue;
-        }
-        let Some((_, steps)) = line.split_once("steps=") else {
+        let Some((_, steps)) = line.split_once(&verb_field) else {
             continue;
         };
-        for pair in steps.split_whitespace() {
-            let Some((name, us)) = pair.split_once('=') else {
+        for (name, us) in steps.split_whitespace().filter_map(|p| p.split_once('=')) {
+            let Ok(us) = us.parse::<f64>() else {
                 continue;
             };
-            let Ok(us) = us.trim_matches('"').parse::<u64>() else {
-                continue;
-            };
-            if !seen.contains_key(name) {
-                order.push(name.to_owned());
+            match samples.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(us),
+                None => samples.push((name.to_owned(), vec![us])),
             }
-            seen.entry(name.to_owned()).or_default().push(us);
         }
     }
-    order
+    samples
         .into_iter()
-        .map(|name| {
-            let mut v = seen.remove(&name).unwrap_or_default();
-            v.sort_unstable();
-            let median = v[v.len() / 2];
-            (name, median)
-        })
+        .map(|(name, v)| (name, bench::Stats::of(&v).median.round() as u64))
         .collect()
 }
 
